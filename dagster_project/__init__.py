@@ -1,0 +1,1 @@
+"""DermaDetect curated-dataset pipeline."""
