@@ -1,0 +1,110 @@
+"""Stage `images`: verify every photo, embed it, and find its duplicates."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from assets.common import DUMP_PARTITIONED, counts_metadata
+from dagster_project.images.cache import FactCache
+from dagster_project.images.dedup import DedupConfig, find_duplicates
+from dagster_project.images.embed import embed_images
+from dagster_project.images.verify import inspect_images
+from dagster_project.storage import GcsPathMapper
+from resources.curation import CurationConfig
+from resources.embedder import EmbedderResource
+from resources.storage import ObjectStoreResource
+
+
+def _progress(context: dg.AssetExecutionContext, what: str):
+    step = {"next": 0}
+
+    def report(done: int, total: int) -> None:
+        if done >= step["next"] or done == total:
+            context.log.info(f"{what}: {done}/{total}")
+            step["next"] = done + max(1, total // 20)
+
+    return report
+
+
+@dg.asset(group_name="images", kinds={"polars"}, **DUMP_PARTITIONED)
+def image_files(
+    context: dg.AssetExecutionContext,
+    image_records: pl.DataFrame,
+    backup: ObjectStoreResource,
+    curation: CurationConfig,
+) -> dg.Output[pl.DataFrame]:
+    """Status, checksum, size, perceptual hashes and quality of each photo, read once."""
+    store = backup.store()
+    mapper = GcsPathMapper()
+    images = image_records.select("image_uuid", "source_gcs_path").unique("image_uuid", keep="first")
+    keys = [mapper.key(path) for path in images["source_gcs_path"]]
+    facts = inspect_images(
+        keys, store.read_bytes, workers=curation.io_workers,
+        cache=FactCache(curation.cache_path("image_facts")), stat=store.stat,
+        progress=_progress(context, "inspected"),
+    )
+    files = images.with_columns(pl.Series("key", keys)).join(facts, on="key", how="left")
+    status_counts = dict(files["status"].value_counts().iter_rows())
+    return dg.Output(
+        files,
+        metadata={"images": files.height, **counts_metadata(status_counts, "status")},
+    )
+
+
+@dg.asset(group_name="images", kinds={"pytorch"}, **DUMP_PARTITIONED)
+def image_embeddings(
+    context: dg.AssetExecutionContext,
+    image_files: pl.DataFrame,
+    backup: ObjectStoreResource,
+    embedder: EmbedderResource,
+    curation: CurationConfig,
+) -> dg.Output[pl.DataFrame]:
+    """One L2-normalised vector per distinct readable photo, cached by (model, sha256)."""
+    store = backup.store()
+    ok = image_files.filter(pl.col("status") == "ok").unique("sha256", keep="first")
+    key_of = dict(zip(ok["sha256"], ok["key"], strict=True))
+    model = embedder.load()
+    vectors, cached = embed_images(
+        ok["sha256"].to_list(), lambda sha: store.read_bytes(key_of[sha]), model,
+        cache=FactCache(curation.cache_path("image_facts")),
+        progress=_progress(context, "embedded"),
+    )
+    frame = pl.DataFrame(
+        {"sha256": ok["sha256"], "embedding": vectors},
+        schema={"sha256": pl.String, "embedding": pl.Array(pl.Float32, model.dim)},
+    )
+    return dg.Output(
+        frame,
+        metadata={
+            "model": model.model_id, "dim": model.dim, "vectors": frame.height,
+            "cache_hits": cached, "device": str(model.device),
+        },
+    )
+
+
+@dg.asset(group_name="images", kinds={"faiss"}, **DUMP_PARTITIONED)
+def duplicate_clusters(
+    image_files: pl.DataFrame,
+    image_embeddings: pl.DataFrame,
+    image_records: pl.DataFrame,
+    curation: CurationConfig,
+) -> dg.Output[pl.DataFrame]:
+    """Exact, perceptual and embedding duplicates joined into clusters, plus outlier scores."""
+    config = DedupConfig.calibrated(
+        phash_max_distance=curation.phash_max_distance,
+        cosine_threshold=curation.cosine_threshold,
+    )
+    ok = image_files.filter(pl.col("status") == "ok").join(
+        image_records.select("image_uuid", "case_uuid", "diagnosis"), on="image_uuid"
+    )
+    vectors = ok.select("sha256").join(image_embeddings, on="sha256", how="left")
+    result = find_duplicates(
+        ok.rename({"image_uuid": "key_uuid"}).with_columns(pl.col("key_uuid").alias("key")),
+        np.asarray(vectors["embedding"].to_numpy(), dtype=np.float32),
+        config,
+        case_ids=ok["case_uuid"].to_list(),
+        labels=ok["diagnosis"].to_list(),
+    )
+    return dg.Output(result.clusters, metadata=result.metadata())

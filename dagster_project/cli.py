@@ -1,0 +1,150 @@
+"""`dermacurate`: the same Dagster assets the web UI shows, run from a terminal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import click
+import dagster as dg
+
+from dagster_project.definitions import build_definitions
+from dagster_project.partitions import dump_partitions
+from dagster_project.settings import Settings
+
+METADATA_ASSETS = (
+    "raw_requests", "raw_annotations", "disease_codes",
+    "normalized_diagnoses", "disease_taxonomy", "image_records",
+)
+
+
+def _instance(settings: Settings) -> dg.DagsterInstance:
+    """The instance `dagster dev` shows: $DAGSTER_HOME, else one under the project's home."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = settings.home / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists():
+            config.write_text("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def run_dump(
+    settings: Settings,
+    dump_name: str,
+    instance: dg.DagsterInstance,
+    assets: tuple[str, ...] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Materialize the build job (or some of its assets) for one dump partition."""
+    instance.add_dynamic_partitions(dump_partitions.name, [dump_name])
+    job = build_definitions(settings).get_job_def("build_dataset")
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=dump_name,
+        asset_selection=[dg.AssetKey(name) for name in assets] if assets else None,
+        raise_on_error=False,
+    )
+    if not result.success:
+        failures = [
+            f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
+            for event in result.all_events
+            if event.is_step_failure
+        ]
+        raise click.ClickException("run failed:\n" + "\n".join(failures or ["see the run log"]))
+    return result
+
+
+@click.group()
+def main() -> None:
+    """DermaDetect curated-dataset pipeline."""
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--requests", "n_requests", default=2000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-images", is_flag=True, help="Write the dump only.")
+@click.option("--via-postgres", is_flag=True, help="Load a real PostgreSQL and pg_dump it.")
+def generate(out: Path, n_requests: int, seed: int, no_images: bool, via_postgres: bool) -> None:
+    """Write a synthetic dump, photo backup and ground truth that follow the source contract."""
+    from dagster_project.synthetic import generate as generate_source
+
+    source = generate_source(
+        out, requests=n_requests, seed=seed, images=not no_images, via_postgres=via_postgres
+    )
+    click.echo(f"dump:    {source.dump_path}")
+    click.echo(f"backup:  {source.backup_dir} ({source.n_images} images)")
+    click.echo(f"truth:   {source.truth_dir}")
+
+
+@main.command()
+@click.argument("dump", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--test-patients", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--algo-python", type=click.Path(exists=True, file_okay=False), default=None)
+def parse(dump: Path, out: Path, test_patients: str | None, algo_python: str | None) -> None:
+    """Run the metadata stage on DUMP and write image_records.parquet and the raw tables."""
+    dump = dump.resolve()
+    with tempfile.TemporaryDirectory(prefix="dermacurate-parse-") as scratch:
+        settings = replace(
+            Settings.from_env(), dumps=str(dump.parent), storage=scratch,
+            test_patients_file=test_patients, algo_python=algo_python, home=Path(scratch),
+        )
+        run_dump(settings, dump.name, dg.DagsterInstance.ephemeral(), METADATA_ASSETS)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in METADATA_ASSETS:
+            for stored in Path(scratch).glob(f"{name}/{dump.name}.*"):
+                shutil.copyfile(stored, out / f"{name}{stored.suffix}")
+    click.echo(f"wrote {out / 'image_records.parquet'} and the raw tables to {out}")
+
+
+def _latest_dump(settings: Settings) -> str:
+    from resources.storage import DumpSource
+
+    dumps = DumpSource(
+        uri=settings.dumps, endpoint_url=settings.s3_endpoint_url,
+        download_dir=str(settings.home / "downloads"),
+    ).list_dumps()
+    if not dumps:
+        raise click.ClickException(f"no dump found in {settings.dumps}")
+    return dumps[-1].key
+
+
+def _build(settings: Settings, dump_name: str | None) -> None:
+    name = dump_name or _latest_dump(settings)
+    instance = _instance(settings)
+    click.echo(f"building {name} from {settings.dumps}")
+    run_dump(settings, name, instance)
+    click.echo(f"curated dataset:  {settings.curated}")
+    click.echo(f"run history:      DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    click.echo(
+        f"open the UI with: DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
+        "dagster dev -w workspace.yaml  (then http://127.0.0.1:3000)"
+    )
+
+
+@main.command()
+@click.option("--dump", "dump_name", default=None, help="Dump file name (default: the newest).")
+def build(dump_name: str | None) -> None:
+    """Build and publish the dataset version of a dump in the configured location."""
+    _build(Settings.from_env(), dump_name)
+
+
+@main.command()
+@click.option("--requests", "n_requests", default=1500, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def demo(n_requests: int, seed: int) -> None:
+    """Generate the embedded synthetic source (once) and build the dataset from it."""
+    settings = Settings.from_env()
+    source_dir = settings.home / "source"
+    if not any(Path(settings.dumps).glob("*.sql")):
+        from dagster_project.synthetic import generate as generate_source
+
+        click.echo(f"generating a synthetic source ({n_requests} requests) in {source_dir}")
+        generate_source(source_dir, requests=n_requests, seed=seed)
+        settings = Settings.from_env()
+    _build(settings, None)

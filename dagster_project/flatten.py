@@ -1,0 +1,264 @@
+"""Flatten ``rn_requests`` rows into one typed row per request (SOURCE_FORMAT.md 2, 3, 6, 7).
+
+The request JSON is decoded once per row; only the metadata answers and the images are read
+from it. ``free_text``, ``user_crypt`` and ``headers`` are never read, so no PII leaves this
+first step, not even in the counts (whose keys are fixed names, never values).
+
+Counter keys of ``flatten_requests``:
+
+- ``requests``: rows seen;
+- ``requests_null``: a NULL ``request`` column or a JSON ``null``;
+- ``requests_invalid_json``: ``request`` is not valid JSON;
+- ``request_not_object``: the JSON is valid but not an object;
+- ``<container>_not_object`` for ``patient``, ``answers``, ``pain``, ``hair_loss``,
+  ``location``: the container has another JSON type, so all its fields are null (rule 8);
+- ``<field>_invalid``: a value present but breaking its rule (``values.py``), now null;
+- ``<field>_out_of_range``: a continuous value outside ``schema.CONTINUOUS``, now null;
+- ``images_not_list``: ``images`` is there but not a list (no images);
+- ``image_entries_invalid``: an entry that is null, a number, blank, or lacks a string url;
+- ``image_urls_without_uuid``: a url whose file name is not ``<uuid>.<ext>``;
+- ``images_repeated``: an image repeated in one request (the first occurrence is kept);
+- ``requests_without_images``: rows left with no usable image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from dagster_project.schema import (
+    BOOLEAN3,
+    CATEGORICAL,
+    CONTINUOUS,
+    METADATA_SCHEMA,
+    REQUESTS_TABLE,
+    TableSpec,
+)
+from dagster_project.values import (
+    INVALID,
+    parse_bool3,
+    parse_category,
+    parse_duration_days,
+    parse_multi_select,
+    parse_number,
+)
+
+IMAGE_STRUCT = pl.Struct({"image_uuid": pl.String, "source_gcs_path": pl.String})
+_ARROW_BY_DTYPE = {
+    pl.Float64: pa.float64(),
+    pl.String: pa.string(),
+    pl.Boolean: pa.bool_(),
+    pl.List(pl.String): pa.list_(pa.string()),
+}
+_ARROW_TYPES = {
+    **{name: _ARROW_BY_DTYPE[dtype] for name, dtype in METADATA_SCHEMA.items()},
+    "images": pa.list_(pa.struct({"image_uuid": pa.string(), "source_gcs_path": pa.string()})),
+}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """An output column: where its answer sits in the request JSON and its value rule."""
+
+    name: str
+    container: tuple[str, ...]
+    key: str
+    parse: Callable[[object], Any]
+
+
+# Where each metadata column's answer sits in the request JSON (section 3).
+_PATHS: dict[str, tuple[str, ...]] = {
+    "age": ("patient", "age"),
+    "gender": ("patient", "gender"),
+    "pregnancy": ("patient", "pregnancy"),
+    "pregnancy_week": ("patient", "pregnancy_week"),
+    "pregnancy_birth_control_pills": ("patient", "pregnancy_birth_control_pills"),
+    **{key: ("answers", key) for key in ("temperature", "itch", "pus", "cough", "crater")},
+    **{key: ("answers", key) for key in ("vesicle", "bleeding", "swelling", "size", "shape")},
+    **{key: ("answers", key) for key in ("quantity", "topography", "duration_from_birth")},
+    **{key: ("answers", key) for key in ("color_condition", "texture", "color_pus")},
+    "duration_days": ("answers", "duration"),
+    "pain_is_pain": ("answers", "pain", "is_pain"),
+    "pain_type": ("answers", "pain", "type"),
+    "hair_loss_exist": ("answers", "hair_loss", "exist"),
+    "hair_loss_type": ("answers", "hair_loss", "type"),
+    **{f"location_{key}": ("answers", "location", key) for key in ("primary", "secondary")},
+    **{f"location_{key}": ("answers", "location", key) for key in ("side", "coverage")},
+    "location_swelling": ("answers", "location", "swelling"),
+    **{key: ("answers", "location", key) for key in ("widespread_face", "widespread_palm_feet")},
+    **{key: ("answers", "location", key) for key in ("primary_locations", "secondary_locations")},
+}
+
+
+def _rule(name: str) -> Callable[[object], Any]:
+    if name == "duration_days":
+        return parse_duration_days
+    if name in CONTINUOUS:
+        return parse_number
+    if name in CATEGORICAL:
+        return parse_category
+    return parse_bool3 if name in BOOLEAN3 else parse_multi_select
+
+
+# Containers in the request JSON, parents before children.
+_CONTAINERS = tuple(
+    sorted(
+        {path[:depth] for path in _PATHS.values() for depth in range(1, len(path))},
+        key=lambda p: (len(p), p),
+    )
+)
+FIELDS = tuple(
+    _Field(name, _PATHS[name][:-1], _PATHS[name][-1], _rule(name)) for name in METADATA_SCHEMA
+)
+
+
+def source_frame(data: pa.RecordBatch | pa.Table | pl.DataFrame, table: TableSpec) -> pl.DataFrame:
+    """The columns of ``table`` from a parsed batch, typed per its spec.
+
+    Optional columns the batch lacks come back all null; columns the spec does not name
+    (PII among them) are dropped here. A missing required column is a ValueError naming it.
+    """
+    frame = data if isinstance(data, pl.DataFrame) else pl.from_arrow(data)
+    missing = [name for name in table.required if name not in frame.columns]
+    if missing:
+        raise ValueError(f"table {table.name}: missing required column(s) {', '.join(missing)}")
+    columns = []
+    for name, arrow_type in table.columns.items():
+        dtype = pl.from_arrow(pa.nulls(0, arrow_type)).dtype
+        if name in frame.columns:
+            columns.append(frame.get_column(name).cast(dtype).alias(name))
+        else:
+            columns.append(pl.Series(name, [None] * frame.height, dtype=dtype))
+    return pl.DataFrame(columns, height=frame.height)
+
+
+def _image_uuid(url: str) -> str | None:
+    stem = url.rsplit("/", 1)[-1].partition(".")[0]
+    return stem.lower() if _UUID.fullmatch(stem) else None
+
+
+def _images(raw: object, counts: Counter[str]) -> list[dict[str, str]]:
+    """Rule 9: the usable images of one request, first occurrence of each uuid kept."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        counts["images_not_list"] += 1
+        return []
+    images: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for entry in raw:
+        url = entry.get("url") if isinstance(entry, dict) else entry
+        if not isinstance(url, str) or not url.strip():
+            counts["image_entries_invalid"] += 1
+            continue
+        url = url.strip()
+        uuid = _image_uuid(url)
+        if uuid is None:
+            counts["image_urls_without_uuid"] += 1
+        elif uuid in seen:
+            counts["images_repeated"] += 1
+        else:
+            seen.add(uuid)
+            images.append({"image_uuid": uuid, "source_gcs_path": url})
+    return images
+
+
+def _decode(text: str | None, counts: Counter[str]) -> dict[str, Any] | None:
+    """The request JSON object, or None (counted) when there is none to read."""
+    if text is None:
+        counts["requests_null"] += 1
+        return None
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        counts["requests_invalid_json"] += 1
+        return None
+    if document is None:
+        counts["requests_null"] += 1
+    elif not isinstance(document, dict):
+        counts["request_not_object"] += 1
+    else:
+        return document
+    return None
+
+
+def _containers(document: dict[str, Any], counts: Counter[str]) -> dict[tuple[str, ...], Any]:
+    """Each container of rule 8, None where it is absent or of the wrong type."""
+    found: dict[tuple[str, ...], Any] = {(): document}
+    for path in _CONTAINERS:
+        parent = found[path[:-1]]
+        value = parent.get(path[-1]) if parent is not None else None
+        if value is not None and not isinstance(value, dict):
+            counts[f"{path[-1]}_not_object"] += 1
+            value = None
+        found[path] = value
+    return found
+
+
+def _clean(field: _Field, raw: object, counts: Counter[str]) -> Any:
+    value = field.parse(raw)
+    if value is INVALID:
+        counts[f"{field.name}_invalid"] += 1
+        return None
+    bounds = CONTINUOUS.get(field.name)
+    if bounds is not None and value is not None and not bounds[0] <= value <= bounds[1]:
+        counts[f"{field.name}_out_of_range"] += 1
+        return None
+    return value
+
+
+def flatten_requests(
+    batch: pa.RecordBatch | pa.Table | pl.DataFrame,
+) -> tuple[pl.DataFrame, Counter[str]]:
+    """One row per request: identity, provenance, validated metadata and its images.
+
+    Columns: ``request_id``, ``case_uuid``, ``patient_id``, ``vendor_id``, ``is_test`` (NULL
+    is false), ``modified_at`` (UTC), every column of ``schema.METADATA_SCHEMA``, and
+    ``images`` (list of ``{image_uuid, source_gcs_path}``). Ids are taken as Int64 columns
+    and never pass through Python floats. A request that cannot be read yields a row with
+    null metadata and no images; the counts say why (keys in the module docstring).
+    """
+    frame = source_frame(batch, REQUESTS_TABLE)
+    counts: Counter[str] = Counter(requests=frame.height)
+    columns: list[list[Any]] = [[] for _ in FIELDS]
+    images: list[list[dict[str, str]]] = []
+    for text in frame.get_column("request").to_list():
+        document = _decode(text, counts)
+        if document is None:
+            for column in columns:
+                column.append(None)
+            images.append([])
+        else:
+            containers = _containers(document, counts)
+            for field, column in zip(FIELDS, columns, strict=True):
+                container = containers[field.container]
+                raw = container.get(field.key) if container is not None else None
+                column.append(_clean(field, raw, counts))
+            images.append(_images(document.get("images"), counts))
+        if not images[-1]:
+            counts["requests_without_images"] += 1
+    identity = frame.select(
+        pl.col("id").alias("request_id"),
+        pl.col("uuid").alias("case_uuid"),
+        "patient_id",
+        "vendor_id",
+        pl.col("is_test").fill_null(False),
+        pl.col("modified_at"),
+    )
+    # pyarrow builds nested columns from Python lists far faster than pl.Series does.
+    arrays = [
+        pa.array(column, type=_ARROW_TYPES[field.name])
+        for field, column in zip(FIELDS, columns, strict=True)
+    ]
+    arrays.append(pa.array(images, type=_ARROW_TYPES["images"]))
+    names = [field.name for field in FIELDS] + ["images"]
+    metadata = pl.from_arrow(pa.Table.from_arrays(arrays, names=names))
+    return pl.concat([identity, metadata], how="horizontal"), counts

@@ -1,0 +1,281 @@
+"""The skeleton of the synthetic service: patients, cases, images and dermatologist reviews.
+
+Everything the ground truth depends on is decided here, before any value is written
+messily: who is a test account, which review of a case is the latest and what its clean
+labels are, which images a case holds. Proportions follow the real service (SOURCE_FORMAT.md:
+~0.79 reviews per request, ~2.4 images per case, ~2% test accounts), scaled by the number of
+requests; rare situations the pipeline must get right are forced to occur at least once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from dagster_project.synthetic.diseases import Vocabulary
+
+UTC = dt.UTC
+START = dt.datetime(2018, 5, 1, tzinfo=UTC)
+END = dt.datetime(2025, 6, 30, tzinfo=UTC)
+_LOCAL = ZoneInfo("Asia/Jerusalem")
+
+# How a request without usable images is stored (SOURCE_FORMAT.md section 7, rule 9).
+NO_IMAGE_FORMS = ("sql_null", "json_null", "images_number", "images_null", "no_images_key")
+# How the latest review of a re-reviewed case relates to the earlier ones.
+REVIEW_SCENARIOS = ("later_wins", "later_has_lower_id", "tie_highest_id", "dst_fallback",
+                    "latest_empty", "latest_excluded")
+_REVIEW_WEIGHTS = (60, 12, 8, 5, 8, 7)
+TEST_MODES = ("flag", "list", "both")
+_IMAGE_COUNT_WEIGHTS = (5, 25, 30, 19, 11, 5, 3, 1.5, 0.5)  # 0..8 images, mean ~2.4
+
+
+@dataclass(slots=True)
+class Review:
+    """One dermatologist_annotation row. `labels` None is a NULL `diagnoses` column; an
+    empty list is written as `[]` or as non-diagnoses only (`unlabeled_form`)."""
+
+    id: int
+    request_id: int
+    modified_at: dt.datetime
+    labels: list[str] | None
+    unlabeled_form: str = "empty"
+
+
+@dataclass(slots=True)
+class Patient:
+    id: int
+    user_id: int
+    vendor: str
+    test_mode: str = ""
+
+
+@dataclass(slots=True)
+class Case:
+    index: int
+    request_id: int
+    uuid: str
+    patient: Patient
+    is_test: bool | None
+    created_at: dt.datetime
+    modified_at: dt.datetime | None
+    form: str
+    images: list[str]
+    reviews: list[Review] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    @property
+    def latest(self) -> Review | None:
+        """The review that wins: latest instant, ties to the highest id."""
+        return max(self.reviews, key=lambda r: (r.modified_at, r.id), default=None)
+
+    @property
+    def labels(self) -> list[str]:
+        latest = self.latest
+        return list(latest.labels or []) if latest is not None else []
+
+    @property
+    def test_account(self) -> bool:
+        return bool(self.is_test) or self.patient.test_mode in ("list", "both")
+
+    @property
+    def included(self) -> bool:
+        """Whether the case yields manifest rows (rule 1 of SOURCE_FORMAT.md section 7)."""
+        return not self.test_account and bool(self.labels) and bool(self.images)
+
+
+@dataclass
+class Population:
+    cases: list[Case]
+    patients: list[Patient]
+    orphan_reviews: list[Review]
+    vocabulary: Vocabulary
+
+    @property
+    def test_patient_ids(self) -> list[int]:
+        """The configured test-patient list: accounts in `list` or `both` mode."""
+        return [p.id for p in self.patients if p.test_mode in ("list", "both")]
+
+
+def new_uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _forced(rng: random.Random, options: tuple[str, ...], weights: tuple[float, ...],
+            counter: dict[str, int]) -> str:
+    """Draw an option, but hand out every option once before drawing by weight."""
+    for option in options:
+        if counter.get(option, 0) == 0:
+            counter[option] = 1
+            return option
+    choice = rng.choices(options, weights=weights)[0]
+    counter[choice] += 1
+    return choice
+
+
+def dst_fallback(year: int) -> dt.datetime:
+    """The instant (UTC) the dump's time zone leaves summer time in `year`."""
+    moment = dt.datetime(year, 10, 20, tzinfo=UTC)
+    summer = moment.astimezone(_LOCAL).utcoffset()
+    while (moment + dt.timedelta(hours=1)).astimezone(_LOCAL).utcoffset() == summer:
+        moment += dt.timedelta(hours=1)
+    return moment + dt.timedelta(hours=1)
+
+
+def _jitter(rng: random.Random, moment: dt.datetime) -> dt.datetime:
+    """Half of the timestamps carry microseconds, like the service's."""
+    return moment.replace(microsecond=rng.randrange(1, 1_000_000) if rng.random() < 0.5 else 0)
+
+
+class _Builder:
+    def __init__(self, rng: random.Random, vocabulary: Vocabulary, first_request_id: int):
+        self.rng = rng
+        self.vocabulary = vocabulary
+        self.next_request_id = first_request_id
+        self.next_review_id = first_request_id
+        self.patients: list[Patient] = []
+        self.patient_ids: set[int] = set()
+        self.counters: dict[str, dict[str, int]] = {"test": {}, "form": {}, "review": {}}
+        weights = [1.0 / (rank + 1) ** 1.05 for rank in range(len(vocabulary.names))]
+        self.cum_weights = [sum(weights[: i + 1]) for i in range(len(weights))]
+        self.gaps: list[int] = []
+
+    def _patient_id(self) -> int:
+        rng = self.rng
+        while True:
+            if len(self.patients) == 3:  # twins: equal as float64, distinct as int64
+                value = 2**62 + rng.randrange(2**40) * 4096
+            elif len(self.patients) == 4:
+                value = self.patients[3].id + 1
+            elif rng.random() < 0.03:
+                value = rng.randrange(2**53 + 1, 2**63)
+            else:
+                value = rng.randrange(10**6, 10**10)
+            if value not in self.patient_ids:
+                self.patient_ids.add(value)
+                return value
+
+    def _new_patient(self) -> Patient:
+        rng = self.rng
+        vendor = rng.choices(["maccabi", "yeledoctor", "clalit", "dd-web"], [70, 28, 1.2, 0.8])[0]
+        patient = Patient(self._patient_id(), len(self.patients) + 1, vendor)
+        if rng.random() < 0.02 or len(self.patients) in (5, 9, 13):
+            patient.test_mode = _forced(rng, TEST_MODES, (1, 1, 1), self.counters["test"])
+        self.patients.append(patient)
+        return patient
+
+    def labels(self, k: int | None = None) -> list[str]:
+        rng = self.rng
+        k = k or rng.choices((1, 2, 3), (75, 20, 5))[0]
+        picked = rng.choices(self.vocabulary.names, cum_weights=self.cum_weights, k=k + 2)
+        return list(dict.fromkeys(picked))[:k]
+
+    def other_labels(self, avoid: list[str] | None) -> list[str]:
+        """Labels that differ from `avoid`, so that picking the wrong review shows."""
+        labels = self.labels()
+        while labels == avoid:
+            labels = self.labels()
+        return labels
+
+    def _review(self, request_id: int, moment: dt.datetime, labels: list[str] | None,
+                form: str = "empty") -> Review:
+        review = Review(self.next_review_id, request_id, moment, labels, form)
+        self.next_review_id += 1
+        return review
+
+    def reviews(self, case: Case) -> list[Review]:
+        rng = self.rng
+        first = _jitter(rng, case.created_at + dt.timedelta(minutes=rng.uniform(20, 4320)))
+        if rng.random() >= 0.10 and self.counters["review"]:
+            if rng.random() < 0.05:
+                form = rng.choices(("empty", "excluded", "null"), (4, 4, 2))[0]
+                return [self._review(case.request_id, first, None if form == "null" else [], form)]
+            return [self._review(case.request_id, first, self.labels())]
+        scenario = _forced(rng, REVIEW_SCENARIOS, _REVIEW_WEIGHTS, self.counters["review"])
+        earlier = self._review(case.request_id, first, self.labels())
+        later_time = _jitter(rng, first + dt.timedelta(hours=rng.uniform(1, 2000)))
+        if scenario == "latest_empty":
+            return [earlier, self._review(case.request_id, later_time, [], "empty")]
+        if scenario == "latest_excluded":
+            return [earlier, self._review(case.request_id, later_time, [], "excluded")]
+        if scenario == "tie_highest_id":
+            return [earlier, self._review(case.request_id, first, self.other_labels(earlier.labels))]
+        if scenario == "dst_fallback":
+            fallback = dst_fallback(case.created_at.year)
+            if fallback < case.created_at:
+                fallback = dst_fallback(case.created_at.year + 1)
+            # The later review reads earlier as local text (01:10+02 after 01:40+03).
+            winner = self._review(case.request_id, fallback + dt.timedelta(minutes=10),
+                                  self.labels())
+            loser = self._review(case.request_id, fallback - dt.timedelta(minutes=20),
+                                 self.other_labels(winner.labels))
+            return [winner, loser]
+        later = self._review(case.request_id, later_time, self.other_labels(earlier.labels))
+        if scenario == "later_has_lower_id":
+            earlier.id, later.id = later.id, earlier.id
+        result = [earlier, later]
+        if rng.random() < 0.2:
+            third_time = _jitter(rng, later_time + dt.timedelta(hours=rng.uniform(1, 500)))
+            result.append(self._review(case.request_id, third_time, self.labels()))
+        return result
+
+    def case(self, index: int, created_at: dt.datetime) -> Case:
+        rng = self.rng
+        if self.patients and rng.random() < 0.4:
+            patient = rng.choice(self.patients[-200:])
+        else:
+            patient = self._new_patient()
+        if rng.random() < 0.01:
+            self.gaps.append(self.next_request_id)
+            self.next_request_id += rng.randrange(1, 4)
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        if patient.test_mode in ("flag", "both"):
+            is_test: bool | None = True
+        elif patient.test_mode == "" and (rng.random() < 0.005 or index == 7):
+            is_test = True  # a QA submission from a real patient's account
+        else:
+            is_test = rng.choice((None, False, False))
+        form = "json"
+        if rng.random() < 0.012 or index in range(11, 11 + len(NO_IMAGE_FORMS)):
+            form = _forced(rng, NO_IMAGE_FORMS, (1,) * len(NO_IMAGE_FORMS), self.counters["form"])
+        n_images = 0 if form != "json" else rng.choices(range(9), _IMAGE_COUNT_WEIGHTS)[0]
+        modified_roll = rng.random()
+        modified_at = (
+            None if modified_roll < 0.03
+            else created_at if modified_roll < 0.10
+            else _jitter(rng, created_at + dt.timedelta(seconds=rng.uniform(1, 7200)))
+        )
+        case = Case(
+            index=index, request_id=request_id, uuid=new_uuid(rng), patient=patient,
+            is_test=is_test, created_at=created_at, modified_at=modified_at, form=form,
+            images=[new_uuid(rng) for _ in range(n_images)],
+        )
+        if rng.random() < 0.72:
+            case.reviews = self.reviews(case)
+        return case
+
+    def orphans(self, count: int, last_request_id: int) -> list[Review]:
+        rng = self.rng
+        targets = self.gaps + [last_request_id + k for k in range(1, 50)]
+        moment = START + dt.timedelta(days=rng.uniform(0, (END - START).days))
+        return [self._review(rng.choice(targets), _jitter(rng, moment), self.labels())
+                for _ in range(count)]
+
+
+def build_population(requests: int, rng: random.Random, vocabulary: Vocabulary,
+                     first_request_id: int = 1) -> Population:
+    """Draw the skeleton of `requests` cases; deterministic for the state of `rng`."""
+    if requests < 1:
+        raise ValueError(f"requests must be at least 1, not {requests}")
+    builder = _Builder(rng, vocabulary, first_request_id)
+    span = (END - START).total_seconds()
+    # More recent years are busier: the service grew.
+    moments = sorted(START + dt.timedelta(seconds=span * rng.random() ** 0.7)
+                     for _ in range(requests))
+    cases = [builder.case(index, _jitter(rng, moment)) for index, moment in enumerate(moments)]
+    n_reviews = sum(len(case.reviews) for case in cases)
+    orphans = builder.orphans(max(1, n_reviews // 200), cases[-1].request_id)
+    return Population(cases, builder.patients, orphans, vocabulary)
