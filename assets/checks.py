@@ -1,6 +1,5 @@
 """Asset checks on the manifest. Blocking ones gate publication: a failure publishes nothing."""
 
-from __future__ import annotations
 
 import io
 

@@ -1,6 +1,5 @@
 """Small helpers shared by the asset modules."""
 
-from __future__ import annotations
 
 from collections.abc import Mapping
 

@@ -1,6 +1,5 @@
 """Stage `dataset`: leakage-free splits, the manifest, the image copy, the published version."""
 
-from __future__ import annotations
 
 import hashlib
 import io
@@ -160,7 +159,7 @@ def dataset_version(
     }
     digest = hashlib.sha256(b"".join(files[name] for name in sorted(files))).hexdigest()
     with tempfile.TemporaryDirectory() as scratch:
-        stats_context = {"dump": context.partition_key, "digest": digest,
+        stats_context = {"source_dump": context.partition_key, "digest": digest,
                          "duplicate_policy": curation.duplicate_policy,
                          "conflict_policy": curation.conflict_policy,
                          "split_ratios": curation.split_ratios, "split_seed": curation.split_seed}

@@ -1,6 +1,5 @@
 """Stage `images`: verify every photo, embed it, and find its duplicates."""
 
-from __future__ import annotations
 
 import dagster as dg
 import numpy as np

@@ -1,6 +1,5 @@
 """Stage `source`: the three tables this project needs, read from a dump in one pass."""
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 

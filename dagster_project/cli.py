@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 import dagster as dg
 
-from dagster_project.definitions import build_definitions
 from dagster_project.partitions import dump_partitions
 from dagster_project.settings import Settings
 
@@ -40,6 +39,8 @@ def run_dump(
     assets: tuple[str, ...] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Materialize the build job (or some of its assets) for one dump partition."""
+    from dagster_project.definitions import build_definitions
+
     instance.add_dynamic_partitions(dump_partitions.name, [dump_name])
     job = build_definitions(settings).get_job_def("build_dataset")
     result = job.execute_in_process(
@@ -148,3 +149,36 @@ def demo(n_requests: int, seed: int) -> None:
         generate_source(source_dir, requests=n_requests, seed=seed)
         settings = Settings.from_env()
     _build(settings, None)
+
+
+@main.command()
+@click.option("--metadata", "metadata_csv", type=click.Path(exists=True, dir_okay=False),
+              required=True, help="CSV with the id column and the group column.")
+@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False),
+              required=True, help="CSV image_id,split (or split,index,image_id).")
+@click.option("--group-col", required=True, help="The group column: lesion, patient, ...")
+@click.option("--id-col", default="image_id", show_default=True)
+@click.option("--pairs", "pairs_paths", multiple=True, type=click.Path(exists=True),
+              help="Known duplicate pairs image_a,image_b (a CSV or a folder of CSVs).")
+@click.option("--default-split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Split of metadata images the split file does not list.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def audit(metadata_csv: str, split_csv: str, group_col: str, id_col: str,
+          pairs_paths: tuple[str, ...], default_split: str | None, out: Path) -> None:
+    """Audit any dataset's split for group and duplicate leaks, and write a corrected split."""
+    import polars as pl
+
+    from dagster_project.audit import audit_split, read_pairs_csv, read_split_csv, write_report
+
+    report = audit_split(
+        pl.read_csv(metadata_csv, infer_schema=False),
+        read_split_csv(split_csv, id_col),
+        group_col=group_col,
+        id_col=id_col,
+        pairs=read_pairs_csv(*pairs_paths) if pairs_paths else None,
+        default_split=default_split,
+    )
+    write_report(report, out)
+    state = "clean" if report.leaks.clean else "LEAKS FOUND"
+    click.echo(f"{state}: report in {out / 'report.md'}; corrected split in "
+               f"{out / 'corrected_split.csv'}")

@@ -66,12 +66,13 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 @dataclass(frozen=True)
 class _Field:
-    """An output column: where its answer sits in the request JSON and its value rule."""
+    """An output column: where its answer sits in the request JSON, its rule and range."""
 
     name: str
     container: tuple[str, ...]
     key: str
     parse: Callable[[object], Any]
+    bounds: tuple[float, float] | None
 
 
 # Where each metadata column's answer sits in the request JSON (section 3).
@@ -116,7 +117,8 @@ _CONTAINERS = tuple(
     )
 )
 FIELDS = tuple(
-    _Field(name, _PATHS[name][:-1], _PATHS[name][-1], _rule(name)) for name in METADATA_SCHEMA
+    _Field(name, _PATHS[name][:-1], _PATHS[name][-1], _rule(name), CONTINUOUS.get(name))
+    for name in METADATA_SCHEMA
 )
 
 
@@ -203,18 +205,6 @@ def _containers(document: dict[str, Any], counts: Counter[str]) -> dict[tuple[st
     return found
 
 
-def _clean(field: _Field, raw: object, counts: Counter[str]) -> Any:
-    value = field.parse(raw)
-    if value is INVALID:
-        counts[f"{field.name}_invalid"] += 1
-        return None
-    bounds = CONTINUOUS.get(field.name)
-    if bounds is not None and value is not None and not bounds[0] <= value <= bounds[1]:
-        counts[f"{field.name}_out_of_range"] += 1
-        return None
-    return value
-
-
 def flatten_requests(
     batch: pa.RecordBatch | pa.Table | pl.DataFrame,
 ) -> tuple[pl.DataFrame, Counter[str]]:
@@ -240,8 +230,18 @@ def flatten_requests(
             containers = _containers(document, counts)
             for field, column in zip(FIELDS, columns, strict=True):
                 container = containers[field.container]
-                raw = container.get(field.key) if container is not None else None
-                column.append(_clean(field, raw, counts))
+                value = field.parse(container.get(field.key) if container is not None else None)
+                if value is INVALID:
+                    counts[f"{field.name}_invalid"] += 1
+                    value = None
+                elif (
+                    field.bounds
+                    and value is not None
+                    and not field.bounds[0] <= value <= field.bounds[1]
+                ):
+                    counts[f"{field.name}_out_of_range"] += 1
+                    value = None
+                column.append(value)
             images.append(_images(document.get("images"), counts))
         if not images[-1]:
             counts["requests_without_images"] += 1

@@ -33,7 +33,12 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 REQUESTS_TABLE = TableSpec(
     "rn_requests",
-    required={"id": pa.int64(), "uuid": pa.string(), "patient_id": pa.int64(), "request": pa.string()},
+    required={
+        "id": pa.int64(),
+        "uuid": pa.string(),
+        "patient_id": pa.int64(),
+        "request": pa.string(),
+    },
     optional={
         "vendor_id": pa.string(),
         "is_test": pa.bool_(),
@@ -57,22 +62,55 @@ DISEASE_CODES_TABLE = TableSpec(
 )
 SOURCE_TABLES = (REQUESTS_TABLE, ANNOTATIONS_TABLE, DISEASE_CODES_TABLE)
 
-CONTINUOUS = {"age": (0.0, 120.0), "temperature": (30.0, 45.0),
-              "duration_days": (0.0, 36500.0), "pregnancy_week": (0.0, 45.0)}
+CONTINUOUS = {
+    "age": (0.0, 120.0),
+    "temperature": (30.0, 45.0),
+    "duration_days": (0.0, 36500.0),
+    "pregnancy_week": (0.0, 45.0),
+}
 CATEGORICAL = (
-    "gender", "size", "shape", "quantity", "topography", "location_primary",
-    "location_secondary", "location_side", "location_coverage", "pain_type", "hair_loss_type",
+    "gender",
+    "size",
+    "shape",
+    "quantity",
+    "topography",
+    "location_primary",
+    "location_secondary",
+    "location_side",
+    "location_coverage",
+    "pain_type",
+    "hair_loss_type",
 )
 BOOLEAN3 = (
-    "itch", "pus", "cough", "crater", "vesicle", "bleeding", "swelling", "pregnancy",
-    "widespread_face", "duration_from_birth", "widespread_palm_feet",
-    "pregnancy_birth_control_pills", "pain_is_pain", "hair_loss_exist", "location_swelling",
+    "itch",
+    "pus",
+    "cough",
+    "crater",
+    "vesicle",
+    "bleeding",
+    "swelling",
+    "pregnancy",
+    "widespread_face",
+    "duration_from_birth",
+    "widespread_palm_feet",
+    "pregnancy_birth_control_pills",
+    "pain_is_pain",
+    "hair_loss_exist",
+    "location_swelling",
 )
-MULTI_SELECT = ("color_condition", "texture", "color_pus", "primary_locations", "secondary_locations")
+MULTI_SELECT = (
+    "color_condition",
+    "texture",
+    "color_pus",
+    "primary_locations",
+    "secondary_locations",
+)
 
 IDENTITY_SCHEMA = {"image_uuid": pl.String, "case_uuid": pl.String, "patient_id": pl.Int64}
 DIAGNOSIS_SCHEMA = {
-    "diagnosis": pl.String, "diagnosis_icd9": pl.String, "diagnoses_all": pl.List(pl.String),
+    "diagnosis": pl.String,
+    "diagnosis_icd9": pl.String,
+    "diagnoses_all": pl.List(pl.String),
 }
 METADATA_SCHEMA = {
     **{name: pl.Float64 for name in CONTINUOUS},
@@ -86,13 +124,21 @@ PROVENANCE_SCHEMA = {
     "source_gcs_path": pl.String,
 }
 CURATION_SCHEMA = {
-    "sha256": pl.String, "width": pl.Int32, "height": pl.Int32, "cluster_id": pl.Int64,
-    "outlier_score": pl.Float32, "quality_score": pl.Float32, "split": pl.String,
+    "sha256": pl.String,
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "cluster_id": pl.Int64,
+    "outlier_score": pl.Float32,
+    "quality_score": pl.Float32,
+    "split": pl.String,
 }
 
 # One row per (case, image): the output of the metadata stage.
 IMAGE_RECORDS_SCHEMA = {
-    **IDENTITY_SCHEMA, **DIAGNOSIS_SCHEMA, **METADATA_SCHEMA, **PROVENANCE_SCHEMA,
+    **IDENTITY_SCHEMA,
+    **DIAGNOSIS_SCHEMA,
+    **METADATA_SCHEMA,
+    **PROVENANCE_SCHEMA,
 }
 # The published manifest: image records plus what the image stages add.
 MANIFEST_SCHEMA = {**IMAGE_RECORDS_SCHEMA, **CURATION_SCHEMA}

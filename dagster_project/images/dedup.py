@@ -212,6 +212,8 @@ def _perceptual_pairs(
     facts: pl.DataFrame, ok: np.ndarray, max_distance: int, exact_search_max: int
 ) -> pl.DataFrame:
     """Pairs whose pHash is within ``max_distance`` of one of the other's 8 dihedral pHashes."""
+    if len(ok) == 0:
+        return pl.DataFrame(schema=PAIR_SCHEMA)
     phash = facts["phash"].gather(ok).to_numpy()
     dihedral = np.stack(facts["phash_dihedral"].gather(ok).to_list()).astype(np.int64)
     index = _binary_index(len(ok), max_distance, exact_search_max)
@@ -226,15 +228,16 @@ def _perceptual_pairs(
         query = start + np.repeat(np.arange(len(lims) - 1), np.diff(lims))
         similarity = (1.0 - distances / 64.0).astype(np.float32)
         found.append(_frame(ok[query], ok[ids // 8], "perceptual", similarity))
-    return _merge(found, ["a", "b", "kind"])
+    return _merge(found)
 
 
-def _merge(frames: list[pl.DataFrame], by: list[str]) -> pl.DataFrame:
+def _merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """One row per (a, b, kind), highest similarity kept, sorted."""
     if not frames:
         return pl.DataFrame(schema=PAIR_SCHEMA)
     return (
         pl.concat(frames)
-        .group_by(by, maintain_order=True)
+        .group_by("a", "b", "kind")
         .agg(pl.all().max())
         .select(PAIR_SCHEMA)
         .sort("a", "b", "kind")
@@ -279,7 +282,7 @@ def _pairs(
         group = pl.Series("group", list(groups)).rank("dense").fill_null(0).to_numpy()
         a, b = near["a"].to_numpy(), near["b"].to_numpy()
         near = near.filter(pl.Series((group[a] != group[b]) | (group[a] == 0)))
-    return _merge([_exact_pairs(facts, ok), near], ["a", "b", "kind"])
+    return _merge([_exact_pairs(facts, ok), near])
 
 
 def candidate_pairs(
@@ -320,7 +323,7 @@ def cluster_table(
     keys: Sequence[str] | pl.Series,
     cluster_ids: np.ndarray,
     labels: Sequence[str | None] | pl.Series | None = None,
-    sizes: Sequence[int | None] | np.ndarray | None = None,
+    sizes: Sequence[int | None] | np.ndarray | pl.Series | None = None,
 ) -> pl.DataFrame:
     """One row per image: key, cluster_id, cluster_size, representative, homogeneous.
 
@@ -392,7 +395,9 @@ def outlier_scores(
     a screenshot, a test image). With fewer than k other vectors, the mean is over those
     there are; a lone vector scores NaN.
     """
-    search = search or build_search(embeddings, DedupConfig.exact_search_max, DedupConfig.nprobe)
+    if search is None:
+        defaults = DedupConfig()
+        search = build_search(embeddings, defaults.exact_search_max, defaults.nprobe)
     similarity, ids = nearest_neighbours(search, embeddings, k)
     return _mean_neighbour_similarity(similarity, ids, k)
 
@@ -429,7 +434,7 @@ def find_duplicates(
         facts["key"],
         duplicate_clusters(facts.height, pairs),
         labels,
-        (facts["width"].cast(pl.Int64) * facts["height"].cast(pl.Int64)).to_numpy(),
+        facts["width"].cast(pl.Int64) * facts["height"].cast(pl.Int64),
     )
     scores = np.full(facts.height, np.nan, dtype=np.float32)
     scores[ok] = _mean_neighbour_similarity(similarity, ids, config.outlier_k)
