@@ -11,7 +11,7 @@ import dagster as dg
 import polars as pl
 
 from assets.common import DUMP_PARTITIONED, counts_metadata, upstream_metadata
-from dagster_project.copy_images import copy_images
+from dagster_project.copy_images import CopyItem, copy_images
 from dagster_project.datasheet import write_datasheet
 from dagster_project.feature_schema import feature_schema as describe_features
 from dagster_project.manifest import build_manifest
@@ -110,7 +110,8 @@ def curated_images(
     """Every manifest photo as images/<image_uuid>.jpg; re-runs copy only what is missing."""
     mapper = GcsPathMapper()
     items = [
-        (mapper.key(row["source_gcs_path"]), f"images/{row['image_uuid']}.jpg", row["sha256"], None)
+        CopyItem(mapper.key(row["source_gcs_path"]), f"images/{row['image_uuid']}.jpg",
+                 sha256=row["sha256"])
         for row in manifest.select("source_gcs_path", "image_uuid", "sha256").iter_rows(named=True)
     ]
     report = copy_images(

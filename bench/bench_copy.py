@@ -13,13 +13,14 @@ request of every client, to see the effect of real network latency that loopback
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -31,7 +32,7 @@ from dagster_project.copy_images import CopyItem, copy_images  # noqa: E402
 from dagster_project.storage import S3Store  # noqa: E402
 
 
-def add_latency(client: object, rtt_ms: float) -> None:
+def add_latency(client: Any, rtt_ms: float) -> None:
     if rtt_ms > 0:
         client.meta.events.register("before-send.s3", lambda **_: time.sleep(rtt_ms / 1000))
 
@@ -48,24 +49,23 @@ def main() -> None:
     with moto_s3_server() as endpoint:
         source = S3Store(create_bucket(endpoint), "backup", endpoint_url=endpoint)
         dest_bucket = create_bucket(endpoint)
-        items = []
         payloads = [os.urandom(args.size) for _ in range(args.objects)]
-        for i, data in enumerate(payloads):
-            items.append(
-                CopyItem(f"gcs/000RN/{i:06d}.jpg", f"images/{i:06d}.jpg",
-                         hashlib.sha256(data).hexdigest(), len(data))
+        items = [
+            CopyItem(
+                f"gcs/000RN/{i:06d}.jpg", f"images/{i:06d}.jpg", sha256(data).hexdigest(), len(data)
             )
+            for i, data in enumerate(payloads)
+        ]
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda pair: source.write_bytes(pair[0].src_key, pair[1]),
-                          zip(items, payloads, strict=True)))
+            list(pool.map(source.write_bytes, [item.src_key for item in items], payloads))
 
         naive_client = boto3.client("s3", endpoint_url=endpoint)
         add_latency(naive_client, args.rtt_ms)
         start = time.perf_counter()
         for item in items:
-            body = naive_client.get_object(
-                Bucket=source.bucket, Key=f"backup/{item.src_key}"
-            )["Body"].read()
+            body = naive_client.get_object(Bucket=source.bucket, Key=f"backup/{item.src_key}")[
+                "Body"
+            ].read()
             naive_client.put_object(Bucket=dest_bucket, Key=f"naive/{item.dest_key}", Body=body)
         naive_s = time.perf_counter() - start
 

@@ -3,7 +3,10 @@
 Why: the curated dataset must carry its own copy of exactly the images it lists, and the copy
 of ~370K photos must survive crashes and re-runs cheaply. So the copy is
 - idempotent: an object already at the destination with the expected size and SHA-256 is
-  skipped, compared without downloading it (S3 returns the checksum it stored on write);
+  skipped, compared without downloading it (S3 returns the checksum it stored on write; a
+  server-side copy is checked against the SHA-256 S3 computes for it, where the endpoint
+  returns one; an item without an expected SHA-256 is compared with what the source records,
+  and by size alone when the source records no checksum);
 - resumable: objects appear atomically (S3 puts; local temp file + rename), so after a crash a
   re-run copies only what is missing or differs;
 - concurrent: a bounded thread pool; server-side `copy_object` when both ends are S3 on one
@@ -24,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from dagster_project.storage import ObjectStore, S3Store
+from dagster_project.storage import ObjectStat, ObjectStore, S3Store
 
 Progress = Callable[[int, int], None]
 
@@ -90,13 +93,17 @@ class _Copier:
             time.sleep(self.backoff_s * 2**attempt * random.uniform(0.5, 1.0))
             attempt += 1
 
+    def _source_stat(self, item: CopyItem) -> ObjectStat:
+        found = self.source.stat(item.src_key)
+        if found is None:
+            raise _Permanent(f"missing in source: {self.source.uri(item.src_key)}")
+        return found
+
     def _expected(self, item: CopyItem) -> tuple[int | None, str | None]:
         """Expected size and sha256: the item's, else what the source records (cheap stat)."""
         if item.sha256 is not None:
             return item.size, item.sha256.lower()
-        found = self.source.stat(item.src_key)
-        if found is None:
-            raise _Permanent(f"missing in source: {self.source.uri(item.src_key)}")
+        found = self._source_stat(item)
         return found.size, found.sha256
 
     def _up_to_date(self, item: CopyItem, present_size: int) -> bool:
@@ -109,10 +116,7 @@ class _Copier:
         if present_size is not None and self._up_to_date(item, present_size):
             return "skipped", 0
         if self.dry_run:
-            found = self.source.stat(item.src_key)
-            if found is None:
-                raise _Permanent(f"missing in source: {self.source.uri(item.src_key)}")
-            return "copied", found.size
+            return "copied", self._source_stat(item).size
         if self.server_side:
             return "copied", self._copy_server_side(item)
         data = self.source.read_bytes(item.src_key)
@@ -132,7 +136,7 @@ class _Copier:
             digest = self.dest.copy_from(self.source, item.src_key, item.dest_key)
         except FileNotFoundError as err:
             raise _Permanent(f"missing in source: {err}") from err
-        if item.sha256 is not None and digest != item.sha256.lower():
+        if item.sha256 is not None and digest is not None and digest != item.sha256.lower():
             self.dest.delete(item.dest_key)
             raise _Permanent(f"copied object's sha256 {digest} differs from expected {item.sha256}")
         if item.size is not None:

@@ -5,20 +5,22 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import checks, dataset, images, metadata, source
+from dagster_project.sensors import (
+    build_dataset_job,
+    check_failure_alerts,
+    dump_sensor,
+    nightly_recheck,
+    recheck_job,
+    run_failure_alerts,
+)
 from dagster_project.settings import Settings
+from resources.alerts import AlertNotifier
 from resources.curation import CurationConfig
 from resources.embedder import EmbedderResource
 from resources.io_manager import ParquetIOManager
 from resources.storage import DumpSource, ObjectStoreResource
 
 ASSET_MODULES = [source, metadata, images, dataset, checks]
-
-build_dataset_job = dg.define_asset_job(
-    "build_dataset",
-    selection=dg.AssetSelection.all(),
-    description="Parse a dump and publish the curated dataset version it yields.",
-)
-
 
 def build_resources(settings: Settings) -> dict[str, object]:
     """Local directories and CPU by default; S3 and GPU when the environment says production."""
@@ -35,6 +37,16 @@ def build_resources(settings: Settings) -> dict[str, object]:
             backend=settings.embed_backend, model=settings.embed_model,
             pretrained=settings.embed_pretrained, device=settings.embed_device,
         ),
+        "alerts": AlertNotifier(
+            webhook_url=settings.alert_webhook_url,
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            smtp_user=settings.smtp_user,
+            smtp_password=dg.EnvVar("DERMACURATE_SMTP_PASSWORD") if settings.smtp_user else None,
+            mail_from=settings.alert_from,
+            mail_to=settings.alert_to,
+            ui_url=settings.ui_url,
+        ),
         "curation": CurationConfig(
             test_patients_file=settings.test_patients_file,
             algo_python=settings.algo_python,
@@ -47,7 +59,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
-        jobs=[build_dataset_job],
+        jobs=[build_dataset_job, recheck_job],
+        sensors=[dump_sensor, check_failure_alerts, run_failure_alerts],
+        schedules=[nightly_recheck],
         resources=build_resources(settings),
     )
 

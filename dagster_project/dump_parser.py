@@ -19,7 +19,7 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from dagster_project.schema import TIMESTAMP, TableSpec
 
@@ -96,6 +97,8 @@ def stream_tables(
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
     wanted = {(spec.schema, spec.name): spec for spec in specs}
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ValueError("two specs share a table name: the yielded names would be ambiguous")
     for spec in specs:
         unsupported = [name for name, kind in spec.columns.items() if kind not in _CONVERTERS]
         if unsupported:
@@ -170,31 +173,37 @@ _BACKSLASH_N = pa.scalar(b"\\N", pa.binary())
 _NULL_BINARY = pa.scalar(None, pa.binary())
 
 
-def _decode_copy_column(raws: Sequence[bytes]) -> pa.BinaryArray:
+def _decode_copy_column(column: pa.BinaryArray) -> pa.BinaryArray:
     """COPY text fields to bytes: `\\N` is NULL, escapes decoded (PostgreSQL's rules).
 
-    Vectorized: only the fields that hold a backslash are visited in Python.
+    Vectorized. Most escapes are escaped backslashes (JSON's own `\"` arrives as `\\"`):
+    fields holding only those are decoded by one Arrow replace; only fields with other
+    escapes are visited in Python.
     """
-    column = pa.array(raws, pa.binary())
     nulls = pc.equal(column, _BACKSLASH_N)
-    escaped = pc.and_not(pc.match_substring(column, "\\"), nulls)
-    if pc.any(escaped).as_py():
-        decoded = [_unescape_copy(raws[i], i) for i in pc.indices_nonzero(escaped).to_pylist()]
-        column = pc.replace_with_mask(column, escaped, pa.array(decoded, pa.binary()))
-    return pc.if_else(nulls, _NULL_BINARY, column)
+    backslashes = pc.count_substring(column, "\\")
+    if not pc.any(pc.and_not(pc.greater(backslashes, 0), nulls)).as_py():
+        return pc.if_else(nulls, _NULL_BINARY, column)
+    pairs_only = pc.equal(backslashes, pc.multiply(pc.count_substring(column, "\\\\"), 2))
+    decoded = pc.if_else(pairs_only, pc.replace_substring(column, "\\\\", "\\"), column)
+    others = pc.and_not(pc.invert(pairs_only), nulls)
+    if pc.any(others).as_py():
+        indices = pc.indices_nonzero(others)
+        raws = column.take(indices).to_pylist()
+        values = [_unescape_copy(raw, i) for raw, i in zip(raws, indices.to_pylist(), strict=True)]
+        decoded = pc.replace_with_mask(decoded, others, pa.array(values, pa.binary()))
+    return pc.if_else(nulls, _NULL_BINARY, decoded)
 
 
 def _unescape_copy(raw: bytes, index: int) -> bytes:
-    """Decode the escapes of one COPY field, in C where possible.
+    """Decode the escapes of one COPY field (`index`: its row, for the error).
 
-    Most escapes are escaped backslashes (JSON's own `\\"` arrives as `\\\\"`). Split on
-    those, every backslash left starts an escape, so the one-letter escapes are replaced
-    independently and a regex handles the rest (octal, hex, any other character).
+    Split on the escaped backslashes, every backslash left starts an escape, so the
+    one-letter escapes are replaced independently and a regex handles the rest (octal, hex,
+    any other character).
     """
     if (len(raw) - len(raw.rstrip(b"\\"))) % 2:
         raise _BadValue(index, "backslash at the end of a field (bad escape)")
-    if raw.count(b"\\") == 2 * raw.count(b"\\\\"):  # only escaped backslashes
-        return raw.replace(b"\\\\", b"\\")
     parts = raw.split(b"\\\\")
     for i in [i for i, part in enumerate(parts) if b"\\" in part]:
         part = parts[i]
@@ -307,23 +316,61 @@ class _Binding:
         self.spec = spec
         self.key = (spec.schema, spec.name)
         self.width = len(columns)  # number of fields of the dump's rows
-        # per spec column: its index in the picked tuple, None when the dump lacks it
+        # per spec column: its index among the picked fields, None when the dump lacks it
         self.slots = tuple(slot.get(name) for name in spec.columns)
         positions = [index[name] for name in present]
         self.pick: Callable[[Sequence[bytes | None]], tuple[bytes | None, ...]] = (
             itemgetter(*positions) if len(positions) > 1 else lambda row: (row[positions[0]],)
         )
+        # Arrow's CSV reader splits COPY text in C++: TAB-separated, no quoting, every field
+        # kept as raw bytes (escapes and \N are decoded afterwards), only wanted columns built.
+        names = [f"f{i}" for i in range(self.width)]
+        self.csv_options = (
+            pacsv.ReadOptions(column_names=names, block_size=_CSV_BLOCK, use_threads=False),
+            _CSV_PARSE,
+            pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.binary()),
+                include_columns=[names[position] for position in positions],
+                null_values=[],
+                strings_can_be_null=False,
+                check_utf8=False,
+            ),
+        )
+
+    def copy_fields(self, region: bytes, first: int, fail: Callable[[str, int], Exception]):
+        """The wanted raw fields of COPY lines (`region` ends with a newline), one binary
+        array per picked column. `first` is the line (or row) number of the region's first."""
+        # Arrow would also end rows at a CR, and skips a leading BOM: such regions, and any
+        # Arrow rejects (a bad row, a row over the block size), take the exact path below.
+        if b"\r" not in region and not region.startswith(b"\xef\xbb\xbf"):
+            try:
+                table = pacsv.read_csv(pa.py_buffer(region), *self.csv_options)
+                return [column.combine_chunks() for column in table.columns]
+            except pa.ArrowInvalid:
+                pass
+        rows = [line.split(b"\t") for line in region[:-1].split(b"\n")]
+        if set(map(len, rows)) != {self.width}:
+            index = next(i for i, row in enumerate(rows) if len(row) != self.width)
+            raise fail(f"row has {len(rows[index])} fields, COPY names {self.width}", first + index)
+        return [pa.array(column, pa.binary()) for column in zip(*map(self.pick, rows), strict=True)]
 
 
-def _binary_column(values: Sequence[bytes | None]) -> pa.BinaryArray:
-    return pa.array(values, pa.binary())
+_CSV_BLOCK = 4 << 20
+_CSV_PARSE = pacsv.ParseOptions(
+    delimiter="\t",
+    quote_char=False,
+    double_quote=False,
+    escape_char=False,
+    newlines_in_values=False,
+    ignore_empty_lines=False,
+)
+_INSERT_GROUP = 10_000  # INSERT rows converted to Arrow at a time
 
 
 class _Batches:
-    """Collects one table's wanted values; yields (table, batch) every `batch_rows` rows.
-
-    `fail(reason, line)` builds the error for a bad row at `line` (row number for -Fc).
-    """
+    """Converts one table's wanted fields to typed batches; yields (table, batch) of at most
+    `batch_rows` rows. `fail(reason, line)` builds the error for a bad row at `line` (the row
+    number for -Fc); `copy_text` says whether fields still hold COPY escapes and `\\N`."""
 
     def __init__(
         self,
@@ -335,52 +382,69 @@ class _Batches:
         self.binding = binding
         self.batch_rows = batch_rows
         self.fail = fail
-        self.decode = _decode_copy_column if copy_text else _binary_column
+        self.copy_text = copy_text
         self.schema = pa.schema(list(binding.spec.columns.items()))
-        self.rows: list[tuple[bytes | None, ...]] = []
-        self.lines: list[int] = []
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
+        self.rows: list[tuple[bytes | None, ...]] = []  # INSERT rows not yet converted
+        self.row_lines: list[int] = []
 
     def add_copy(self, region: bytes, first: int) -> Iterator[tuple[str, pa.RecordBatch]]:
-        """Add the COPY lines of `region` (ending with a newline); `first` is its first line."""
-        if not region:
-            return
-        fields = [line.split(b"\t") for line in region[:-1].split(b"\n")]
-        width = self.binding.width
-        if set(map(len, fields)) != {width}:
-            index = next(i for i, row in enumerate(fields) if len(row) != width)
-            raise self.fail(
-                f"row has {len(fields[index])} fields, COPY names {width}", first + index
-            )
-        yield from self.add(list(map(self.binding.pick, fields)), range(first, first + len(fields)))
+        """Add COPY lines (`region` ends with a newline); `first` is the first one's number."""
+        if region:
+            columns = self.binding.copy_fields(region, first, self.fail)
+            yield from self.add(columns, range(first, first + region.count(b"\n")))
+
+    def add_row(
+        self, row: tuple[bytes | None, ...], line: int
+    ) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """Add the picked values of one INSERT row (decoded already, NULL as None)."""
+        self.rows.append(row)
+        self.row_lines.append(line)
+        if len(self.rows) >= _INSERT_GROUP:
+            yield from self._add_rows()
+
+    def _add_rows(self) -> Iterator[tuple[str, pa.RecordBatch]]:
+        if self.rows:
+            columns = [pa.array(column, pa.binary()) for column in zip(*self.rows, strict=True)]
+            lines, self.rows, self.row_lines = self.row_lines, [], []
+            yield from self.add(columns, lines)
 
     def add(
-        self, rows: list[tuple[bytes | None, ...]], lines: Iterable[int]
+        self, columns: list[pa.Array], lines: Sequence[int]
     ) -> Iterator[tuple[str, pa.RecordBatch]]:
-        self.rows.extend(rows)
-        self.lines.extend(lines)
-        while len(self.rows) >= self.batch_rows:
-            yield self.binding.spec.name, self._emit(self.batch_rows)
-
-    def finish(self) -> Iterator[tuple[str, pa.RecordBatch]]:
-        if self.rows:
-            yield self.binding.spec.name, self._emit(len(self.rows))
-
-    def _emit(self, count: int) -> pa.RecordBatch:
-        rows, self.rows = self.rows[:count], self.rows[count:]
-        lines, self.lines = self.lines[:count], self.lines[count:]
-        found = list(zip(*rows, strict=True))
+        """Add raw binary columns (in picked order); `lines` gives each row's line number."""
+        count = len(lines)
         arrays = []
         for (name, kind), slot in zip(
             self.binding.spec.columns.items(), self.binding.slots, strict=True
         ):
-            if slot is None:
-                arrays.append(pa.nulls(count, kind))
-                continue
             try:
-                arrays.append(_CONVERTERS[kind](self.decode(found[slot])))
+                if slot is None:
+                    arrays.append(pa.nulls(count, kind))
+                elif self.copy_text:
+                    arrays.append(_CONVERTERS[kind](_decode_copy_column(columns[slot])))
+                else:
+                    arrays.append(_CONVERTERS[kind](columns[slot]))
             except _BadValue as bad:
                 raise self.fail(f"column {name}: {bad.reason}", lines[bad.index]) from None
-        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self.pending.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self.pending_rows += count
+        if self.pending_rows >= self.batch_rows:
+            yield from self._emit(final=False)
+
+    def finish(self) -> Iterator[tuple[str, pa.RecordBatch]]:
+        yield from self._add_rows()
+        yield from self._emit(final=True)
+
+    def _emit(self, final: bool) -> Iterator[tuple[str, pa.RecordBatch]]:
+        table = pa.Table.from_batches(self.pending, self.schema)
+        size = self.batch_rows
+        ready = table.num_rows if final else table.num_rows // size * size
+        for start in range(0, ready, size):
+            yield self.binding.spec.name, table.slice(start, size).combine_chunks().to_batches()[0]
+        rest = table.slice(ready)
+        self.pending, self.pending_rows = rest.to_batches(), rest.num_rows
 
 
 # --- SQL of plain dumps -------------------------------------------------------------------------
@@ -416,6 +480,7 @@ _VALUE = re.compile(
     rb"\s*(?:(?P<prefix>[A-Za-z])?'(?P<quoted>[^']*+(?:''[^']*+)*+)'|(?P<bare>[^\s,()']++))"
     rb"\s*(?P<end>[,)])"
 )
+_DEFAULT = object()  # stands for the DEFAULT keyword among INSERT values
 _ROW_START = re.compile(rb"\s*\(")
 _ROW_END = re.compile(rb"\s*(?P<sep>[,;])")
 _TABLE_ITEM = re.compile(rb"'[^']*+'|\"(?:[^\"]|\"\")*+\"|[(),]|[^'\"(),]++")
@@ -607,7 +672,7 @@ class _PlainDump:
                 if batches:
                     yield from batches.finish()
                 return
-            if not self._fill():
+            if not self._fill() and self.buf[self.pos :] != b"\\.":
                 raise self._error(
                     "COPY data has no terminating \\. line before the end of the file "
                     f"(line {self.line}): truncated dump",
@@ -627,16 +692,14 @@ class _PlainDump:
             yield from self._finish_inserts()
         if not self.inserts:
             self.inserts = self._batches(binding, copy_text=False)
-        rows, lines = self._insert_rows(statement, insert.end(), binding, line)
-        yield from self.inserts.add(rows, lines)
+        for row, row_line in self._insert_rows(statement, insert.end(), binding, line):
+            yield from self.inserts.add_row(row, row_line)
 
     def _insert_rows(
         self, statement: bytes, pos: int, binding: _Binding, line: int
-    ) -> tuple[list[tuple[bytes | None, ...]], list[int]]:
-        """The wanted values of each row of an INSERT, and the line where each row starts."""
+    ) -> Iterator[tuple[tuple[bytes | None, ...], int]]:
+        """The wanted values of each row of an INSERT, with the line where the row starts."""
         table, width = _label(binding.key), binding.width
-        rows: list[tuple[bytes | None, ...]] = []
-        lines: list[int] = []
         while True:
             opening = _ROW_START.match(statement, pos)
             if opening is None:
@@ -647,14 +710,16 @@ class _PlainDump:
                 raise self._error(
                     f"row has {len(values)} values, the table has {width} columns", table, line
                 )
-            rows.append(binding.pick(values))
-            lines.append(line)
+            picked = binding.pick(values)
+            if _DEFAULT in picked:
+                raise self._error("a wanted column is generated (DEFAULT in the dump)", table, line)
+            yield picked, line
             separator = _ROW_END.match(statement, end)
             if separator is None:
                 raise self._error("malformed INSERT statement", table, line)
             line += statement.count(b"\n", opening.end(), separator.end())
             if separator.group("sep") == b";":
-                return rows, lines
+                return
             pos = separator.end()
 
     def _insert_values(
@@ -678,9 +743,14 @@ class _PlainDump:
                 values.append(text)
             else:
                 bare = token.group("bare").upper()
-                if bare == b"DEFAULT":
-                    raise self._error("DEFAULT in INSERT values is not supported", table, line)
-                values.append(None if bare == b"NULL" else token.group("bare"))
+                # DEFAULT: a generated column, which --inserts dumps leave to the server
+                values.append(
+                    None
+                    if bare == b"NULL"
+                    else _DEFAULT
+                    if bare == b"DEFAULT"
+                    else token.group("bare")
+                )
             pos = token.end()
             if token.group("end") == b")":
                 return values, pos

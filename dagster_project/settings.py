@@ -39,6 +39,13 @@ class Settings:
     embed_model: str
     embed_pretrained: str
     embed_device: str
+    alert_webhook_url: str | None
+    smtp_host: str | None
+    smtp_port: int
+    smtp_user: str | None
+    alert_from: str
+    alert_to: str
+    ui_url: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -69,4 +76,11 @@ class Settings:
             embed_model=_env("DERMACURATE_EMBED_MODEL", "ViT-B-32"),
             embed_pretrained=_env("DERMACURATE_EMBED_PRETRAINED", "laion2b_s34b_b79k"),
             embed_device=_env("DERMACURATE_EMBED_DEVICE", "auto"),
+            alert_webhook_url=_env("DERMACURATE_ALERT_WEBHOOK"),
+            smtp_host=_env("DERMACURATE_SMTP_HOST"),
+            smtp_port=int(_env("DERMACURATE_SMTP_PORT", "587")),
+            smtp_user=_env("DERMACURATE_SMTP_USER"),
+            alert_from=_env("DERMACURATE_ALERT_FROM", "dermacurate@localhost"),
+            alert_to=_env("DERMACURATE_ALERT_TO", ""),
+            ui_url=_env("DERMACURATE_UI_URL", "http://127.0.0.1:3000"),
         )

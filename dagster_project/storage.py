@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -76,10 +77,6 @@ def _validate_prefix(prefix: str) -> str:
     if head:
         validate_key(head)
     return prefix
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class ObjectStore(ABC):
@@ -201,7 +198,7 @@ class LocalStore(ObjectStore):
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not path.is_file():
+        if not S_ISREG(st.st_mode):
             return None
         return ObjectStat(
             key=key,

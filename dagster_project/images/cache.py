@@ -106,9 +106,8 @@ class FactCache:
         scan = _scan(self._embeddings_dir(model_id))
         if scan is None or not sha256s:
             return [], np.zeros((0, 0), dtype=np.float32)
-        wanted = pl.Series(list(sha256s), dtype=pl.String)
         found = (
-            scan.filter(pl.col("sha256").is_in(wanted))
+            scan.filter(pl.col("sha256").is_in(list(sha256s)))
             .unique(subset="sha256", keep="last", maintain_order=True)
             .collect()
         )

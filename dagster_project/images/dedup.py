@@ -78,7 +78,9 @@ class DedupConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.phash_max_distance < 64:
-            raise ValueError(f"phash_max_distance must be in [0, 63], not {self.phash_max_distance}")
+            raise ValueError(
+                f"phash_max_distance must be in [0, 63], not {self.phash_max_distance}"
+            )
         for name in ("cosine_threshold", "perceptual_min_cosine"):
             if not -1.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [-1, 1], not {getattr(self, name)}")
@@ -171,7 +173,7 @@ def _frame(a: np.ndarray, b: np.ndarray, kind: str, similarity: np.ndarray) -> p
         frame.filter(pl.col("a") != pl.col("b"))
         .group_by("a", "b", "kind")
         .agg(pl.col("similarity").max())
-        .select(PAIR_SCHEMA)
+        .select(list(PAIR_SCHEMA))
     )
 
 
@@ -225,7 +227,7 @@ def _perceptual_pairs(
         lims, distances, ids = index.range_search(
             queries[start : start + _QUERY_BATCH], max_distance + 1
         )
-        query = start + np.repeat(np.arange(len(lims) - 1), np.diff(lims))
+        query = start + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
         similarity = (1.0 - distances / 64.0).astype(np.float32)
         found.append(_frame(ok[query], ok[ids // 8], "perceptual", similarity))
     return _merge(found)
@@ -239,7 +241,7 @@ def _merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
         pl.concat(frames)
         .group_by("a", "b", "kind")
         .agg(pl.all().max())
-        .select(PAIR_SCHEMA)
+        .select(list(PAIR_SCHEMA))
         .sort("a", "b", "kind")
     )
 
@@ -265,16 +267,12 @@ def _pairs(
     position = np.full(facts.height, -1, dtype=np.int64)
     position[ok] = np.arange(len(ok))
     perceptual = _perceptual_pairs(facts, ok, config.phash_max_distance, config.exact_search_max)
-    agree = _cosine(
-        embeddings, position, perceptual["a"].to_numpy(), perceptual["b"].to_numpy()
-    )
+    agree = _cosine(embeddings, position, perceptual["a"].to_numpy(), perceptual["b"].to_numpy())
     perceptual = perceptual.filter(pl.Series(agree >= config.perceptual_min_cosine))
     similarity, ids = neighbours
     query = np.repeat(np.arange(len(ok)), similarity.shape[1])
     hit = (ids.ravel() >= 0) & (similarity.ravel() >= config.cosine_threshold)
-    embedding = _frame(
-        ok[query[hit]], ok[ids.ravel()[hit]], "embedding", similarity.ravel()[hit]
-    )
+    embedding = _frame(ok[query[hit]], ok[ids.ravel()[hit]], "embedding", similarity.ravel()[hit])
     near = pl.concat([perceptual, embedding])
     if groups is not None and not config.same_case_is_duplicate:
         if len(groups) != facts.height:
@@ -438,9 +436,7 @@ def find_duplicates(
     )
     scores = np.full(facts.height, np.nan, dtype=np.float32)
     scores[ok] = _mean_neighbour_similarity(similarity, ids, config.outlier_k)
-    clusters = clusters.with_columns(
-        pl.Series("outlier_score", scores, pl.Float32).fill_nan(None)
-    )
+    clusters = clusters.with_columns(pl.Series("outlier_score", scores, pl.Float32).fill_nan(None))
     recall = search_recall(
         search, embeddings, config.k_neighbors, config.cosine_threshold,
         config.recall_sample, config.seed,

@@ -111,10 +111,10 @@ def _open_clip(config: EmbedderConfig) -> tuple[torch.nn.Module, tuple, tuple, i
         model = open_clip.create_model(name, pretrained=pretrained, cache_dir=config.cache_dir)
     except Exception as error:
         raise EmbedderUnavailableError(
-            f"cannot load open_clip {name!r} weights {pretrained!r}: {error}. No weights can "
-            "be downloaded here: copy them into the open_clip/HF cache (HF_HOME, or "
-            "EmbedderConfig.cache_dir) on a machine with access, or set pretrained= to the "
-            "path of a local checkpoint file."
+            f"cannot load open_clip {name!r} weights {pretrained!r} ({error}). To run "
+            "offline, put them in the HF cache (HF_HOME, or EmbedderConfig.cache_dir), e.g. "
+            "by loading the model once on a machine with internet access, or set "
+            "pretrained= to the path of a local checkpoint file."
         ) from error
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
@@ -177,7 +177,8 @@ class Embedder:
         """Embed preprocessed uint8 images (N, S, S, 3): float32 (N, dim), L2-normalised."""
         n = len(pixels)
         with torch.inference_mode():
-            x = torch.from_numpy(pixels).to(self.device).permute(0, 3, 1, 2).float()
+            writable = pixels if pixels.flags.writeable else pixels.copy()
+            x = torch.from_numpy(writable).to(self.device).permute(0, 3, 1, 2).float()
             x = (x / 255.0 - self._mean) / self._std
             if self.config.flip_invariant:
                 x = torch.cat([x, x.flip(-1)])

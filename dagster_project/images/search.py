@@ -96,7 +96,8 @@ def _drop_self(
     keep = ids != own[:, None]
     keep[keep.all(axis=1), -1] = False
     k = ids.shape[1] - 1
-    return similarity[keep].reshape(-1, k), ids[keep].reshape(-1, k)
+    n = len(ids)
+    return similarity[keep].reshape(n, k), ids[keep].reshape(n, k)
 
 
 def nearest_neighbours(
@@ -148,4 +149,3 @@ def search_recall(
     found_pairs = int((found_sim >= threshold).sum())
     pair = found_pairs / true_pairs if true_pairs else float("nan")
     return SearchRecall(search.method, len(rows), knn, pair, true_pairs)
-

@@ -37,6 +37,9 @@ STATUSES = ("ok", "missing", "empty", "truncated", "corrupt", "not_an_image", "t
 # Laplacian variance comparable across photos of different resolutions.
 THUMBNAIL_SIZE = 256
 
+# Keys whose stat calls are queued at once (bounds the pool's queue for 400K keys).
+STAT_CHUNK = 4096
+
 # Bump when the way facts are computed changes, so cached facts are recomputed.
 FACTS_VERSION = "1"
 
@@ -200,9 +203,17 @@ def inspect_image(data: bytes | None, max_pixels: int = 50_000_000) -> ImageFact
     dihedral = [phash_int(thumb if t is None else thumb.transpose(t)) for t in DIHEDRAL]
     score, blur, exposure = quality(np.asarray(thumb.convert("L")))
     return ImageFacts(
-        "ok", None, len(data), hashlib.sha256(data).hexdigest(), width, height,
-        dihedral[0], dihedral, score, blur, exposure,
-    )  # fmt: skip
+        status="ok",
+        byte_size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=width,
+        height=height,
+        phash=dihedral[0],
+        phash_dihedral=dihedral,
+        quality_score=score,
+        blur=blur,
+        exposure=exposure,
+    )
 
 
 def _facts_frame(keys: Sequence[str], facts: Sequence[ImageFacts]) -> pl.DataFrame:
@@ -223,10 +234,12 @@ def inspect_images(
 
     ``read(key)`` returns the bytes or ``None`` when the file is missing; it runs in a pool
     of ``workers`` threads with at most ``2 * workers`` files in flight, so memory stays
-    bounded however many keys there are. With a ``cache`` and a cheap ``stat(key)`` ->
-    ``(byte_size, etag_or_mtime)`` (``None`` = missing), files whose stat matches a cached
-    row are not read at all. An exception raised by ``read`` stops the run (after saving
-    what was computed) with the key named: an unreachable store is not a bad file.
+    bounded however many keys there are. With a ``cache`` and ``stat(key)`` ->
+    ``(byte_size, etag_or_mtime)`` (``None`` = missing; called from ``workers`` threads: a HEAD
+    request works, a lookup in one bucket listing is faster), files whose stat matches a
+    cached row are not read at all; without ``stat`` the cache is not used. An exception
+    raised by ``read`` stops the run (after saving what was computed) with the key named:
+    an unreachable store is not a bad file.
     """
     if len(set(keys)) != len(keys):
         duplicated = pl.Series(keys).filter(pl.Series(keys).is_duplicated()).first()
@@ -234,7 +247,12 @@ def inspect_images(
     total = len(keys)
     step = max(1, total // 1000)
     version = f"{FACTS_VERSION}:{max_pixels}"
-    stats = {key: stat(key) for key in keys} if stat is not None else {}
+    stats: dict[str, tuple[int, str] | None] = {}
+    if stat is not None:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for chunk in range(0, total, STAT_CHUNK):
+                batch = keys[chunk : chunk + STAT_CHUNK]
+                stats.update(zip(batch, pool.map(stat, batch), strict=True))
     cached = pl.DataFrame(schema=IMAGE_FACTS_SCHEMA)
     if cache is not None and stat is not None:
         present = [(k, s) for k, s in stats.items() if s is not None]

@@ -62,10 +62,16 @@ TABLES: tuple[Table, ...] = (
     Table(
         "rn_requests",
         (
-            ("id", "bigint NOT NULL"), ("uuid", "uuid NOT NULL"), ("created_at", _TS),
-            ("modified_at", _TS), ("status", "text"), ("patient_id", "bigint"),
-            ("vendor_id", "text"), ("app_version", "character varying(32)"),
-            ("request", "jsonb"), ("is_test", "boolean"),
+            ("id", "bigint NOT NULL"),
+            ("uuid", "uuid NOT NULL"),
+            ("created_at", _TS),
+            ("modified_at", _TS),
+            ("status", "text"),
+            ("patient_id", "bigint"),
+            ("vendor_id", "text"),
+            ("app_version", "character varying(32)"),
+            ("request", "jsonb"),
+            ("is_test", "boolean"),
         ),
         unique=(("rn_requests_uuid_key", "uuid"),),
         indexes=(("ix_rn_requests_patient_id", "patient_id"),),
@@ -74,9 +80,14 @@ TABLES: tuple[Table, ...] = (
     Table(
         "dermatologist_annotation",
         (
-            ("id", "bigint NOT NULL"), ("created_at", _TS), ("request_id", "bigint"),
-            ("modified_by", "text"), ("free_text", "text"), ("diagnoses", "jsonb"),
-            ("modified_at", _TS), ("review_seconds", "integer"),
+            ("id", "bigint NOT NULL"),
+            ("created_at", _TS),
+            ("modified_at", _TS),
+            ("request_id", "bigint"),
+            ("modified_by", "text"),
+            ("free_text", "text"),
+            ("diagnoses", "jsonb"),
+            ("review_seconds", "integer"),
         ),
         indexes=(("ix_dermatologist_annotation_request_id", "request_id"),),
         readable=True,
@@ -84,8 +95,11 @@ TABLES: tuple[Table, ...] = (
     Table(
         "disease_codes",
         (
-            ("id", "integer NOT NULL"), ("name", "text NOT NULL"), ("name_he", "text"),
-            ("code", "text NOT NULL"), ("is_active", "boolean DEFAULT true NOT NULL"),
+            ("id", "integer NOT NULL"),
+            ("name", "text NOT NULL"),
+            ("name_he", "text"),
+            ("code", "text NOT NULL"),
+            ("is_active", "boolean DEFAULT true NOT NULL"),
         ),
         sequence=False,
         readable=True,
@@ -93,17 +107,25 @@ TABLES: tuple[Table, ...] = (
     Table(
         "users",
         (
-            ("id", "bigint NOT NULL"), ("email", "text NOT NULL"), ("phone", "text"),
-            ("full_name", "text"), ("password_hash", "text"),
-            ("created_at", f"{_TS} DEFAULT now()"), ("is_admin", "boolean DEFAULT false NOT NULL"),
+            ("id", "bigint NOT NULL"),
+            ("email", "text NOT NULL"),
+            ("phone", "text"),
+            ("full_name", "text"),
+            ("password_hash", "text"),
+            ("created_at", f"{_TS} DEFAULT now()"),
+            ("is_admin", "boolean DEFAULT false NOT NULL"),
         ),
         unique=(("users_email_key", "email"),),
     ),
     Table(
         "sessions",
         (
-            ("id", "bigint NOT NULL"), ("user_id", "bigint NOT NULL"), ("token", "text NOT NULL"),
-            ("ip_address", "inet"), ("user_agent", "text"), ("created_at", _TS),
+            ("id", "bigint NOT NULL"),
+            ("user_id", "bigint NOT NULL"),
+            ("token", "text NOT NULL"),
+            ("ip_address", "inet"),
+            ("user_agent", "text"),
+            ("created_at", _TS),
             ("expires_at", _TS),
         ),
         foreign_keys=(("sessions_user_id_fkey", "user_id", "users"),),
@@ -111,10 +133,16 @@ TABLES: tuple[Table, ...] = (
     Table(
         "request_logs",
         (
-            ("id", "bigint NOT NULL"), ("request_id", "bigint"),
-            ("logged_at", "timestamp without time zone"), ("method", "character varying(8)"),
-            ("path", "text"), ("status_code", "integer"), ("duration_ms", "integer"),
-            ("client_ip", "inet"), ("headers", "jsonb"), ("body", "text"),
+            ("id", "bigint NOT NULL"),
+            ("request_id", "bigint"),
+            ("logged_at", "timestamp without time zone"),
+            ("method", "character varying(8)"),
+            ("path", "text"),
+            ("status_code", "integer"),
+            ("duration_ms", "integer"),
+            ("client_ip", "inet"),
+            ("headers", "jsonb"),
+            ("body", "text"),
         ),
         indexes=(("ix_request_logs_request_id", "request_id"),),
         readable=True,
@@ -145,7 +173,8 @@ _COPY_ESCAPES = str.maketrans(
 
 def _entry(name: str, kind: str, body: str, owned: str | None = None) -> str:
     """One TOC entry as pg_dump prints it: comment block, body, optional OWNER statement."""
-    text = f"--\n-- Name: {name}; Type: {kind}; Schema: public; Owner: {OWNER}\n--\n\n{body}\n\n"
+    body = body.rstrip("\n")
+    text = f"--\n-- Name: {name}; Type: {kind}; Schema: public; Owner: {OWNER}\n--\n\n{body}\n\n\n"
     return f"{text}{owned}\n\n" if owned else text
 
 
@@ -210,26 +239,40 @@ def _pre_data(tables: tuple[Table, ...]) -> str:
     items: list[tuple[str, str]] = []
     for table in tables:
         columns = ",\n".join(f"    {name} {decl}" for name, decl in table.columns)
-        items.append((
-            table.name,
-            _entry(table.name, "TABLE", f"CREATE TABLE public.{table.name} (\n{columns}\n);\n",
-                   f"ALTER TABLE public.{table.name} OWNER TO {OWNER};"),
-        ))
+        items.append(
+            (
+                table.name,
+                _entry(
+                    table.name,
+                    "TABLE",
+                    f"CREATE TABLE public.{table.name} (\n{columns}\n);\n",
+                    f"ALTER TABLE public.{table.name} OWNER TO {OWNER};",
+                ),
+            )
+        )
         if table.sequence:
             seq = table.sequence_name
-            body = (f"CREATE SEQUENCE public.{seq}\n    START WITH 1\n    INCREMENT BY 1\n"
-                    "    NO MINVALUE\n    NO MAXVALUE\n    CACHE 1;\n")
-            items.append((
-                seq,
-                _entry(seq, "SEQUENCE", body, f"ALTER TABLE public.{seq} OWNER TO {OWNER};")
-                + _entry(seq, "SEQUENCE OWNED BY",
-                         f"ALTER SEQUENCE public.{seq} OWNED BY public.{table.name}.id;"),
-            ))
+            body = (
+                f"CREATE SEQUENCE public.{seq}\n    START WITH 1\n    INCREMENT BY 1\n"
+                "    NO MINVALUE\n    NO MAXVALUE\n    CACHE 1;\n"
+            )
+            items.append(
+                (
+                    seq,
+                    _entry(seq, "SEQUENCE", body, f"ALTER TABLE public.{seq} OWNER TO {OWNER};")
+                    + _entry(
+                        seq,
+                        "SEQUENCE OWNED BY",
+                        f"ALTER SEQUENCE public.{seq} OWNED BY public.{table.name}.id;",
+                    ),
+                )
+            )
     text = "".join(entry for _, entry in sorted(items))
     for table in sorted(tables, key=lambda t: t.name):
         if table.sequence:
             text += _entry(
-                f"{table.name} id", "DEFAULT",
+                f"{table.name} id",
+                "DEFAULT",
                 f"ALTER TABLE ONLY public.{table.name} ALTER COLUMN id SET DEFAULT "
                 f"nextval('public.{table.sequence_name}'::regclass);",
             )
@@ -256,8 +299,11 @@ def _constraints(tables: tuple[Table, ...]) -> list[tuple[str, str, str]]:
 def _post_data_statements(tables: tuple[Table, ...]) -> list[tuple[str, str, str]]:
     """(TOC name, TOC type, SQL) of everything pg_dump prints after the data, in its order."""
     out = [
-        (f"{table} {name}", "CONSTRAINT", f"ALTER TABLE ONLY public.{table}\n    ADD CONSTRAINT "
-         f"{name} {definition};")
+        (
+            f"{table} {name}",
+            "CONSTRAINT",
+            f"ALTER TABLE ONLY public.{table}\n    ADD CONSTRAINT {name} {definition};",
+        )
         for table, name, definition in _constraints(tables)
     ]
     indexes = sorted((name, t.name, col) for t in tables for name, col in t.indexes)
@@ -267,8 +313,12 @@ def _post_data_statements(tables: tuple[Table, ...]) -> list[tuple[str, str, str
     ]
     fks = sorted((name, t.name, col, ref) for t in tables for name, col, ref in t.foreign_keys)
     out += [
-        (f"{table} {name}", "FK CONSTRAINT", f"ALTER TABLE ONLY public.{table}\n    ADD CONSTRAINT "
-         f"{name} FOREIGN KEY ({col}) REFERENCES public.{ref}(id) ON DELETE CASCADE;")
+        (
+            f"{table} {name}",
+            "FK CONSTRAINT",
+            f"ALTER TABLE ONLY public.{table}\n    ADD CONSTRAINT "
+            f"{name} FOREIGN KEY ({col}) REFERENCES public.{ref}(id) ON DELETE CASCADE;",
+        )
         for name, table, col, ref in fks
     ]
     out += [
@@ -303,14 +353,18 @@ class DumpWriter:
         for handle in self._files.values():
             handle.close()
         with open(path, "w", encoding="utf-8", newline="\n") as out:
-            out.write(f"--\n-- PostgreSQL database dump\n--\n\n\\restrict {key}\n\n"
-                      f"-- Dumped from database version {SERVER_VERSION}\n"
-                      f"-- Dumped by pg_dump version {SERVER_VERSION}\n\n{_HEADER_SETTINGS}")
+            out.write(
+                f"--\n-- PostgreSQL database dump\n--\n\n\\restrict {key}\n\n"
+                f"-- Dumped from database version {SERVER_VERSION}\n"
+                f"-- Dumped by pg_dump version {SERVER_VERSION}\n\n{_HEADER_SETTINGS}"
+            )
             out.write(_pre_data(self.tables))
             for table in sorted(self.tables, key=lambda t: t.name):
-                out.write(f"--\n-- Data for Name: {table.name}; Type: TABLE DATA; Schema: public; "
-                          f"Owner: {OWNER}\n--\n\nCOPY public.{table.name} "
-                          f"({', '.join(table.column_names)}) FROM stdin;\n")
+                out.write(
+                    f"--\n-- Data for Name: {table.name}; Type: TABLE DATA; Schema: public; "
+                    f"Owner: {OWNER}\n--\n\nCOPY public.{table.name} "
+                    f"({', '.join(table.column_names)}) FROM stdin;\n"
+                )
                 with open(Path(self._spool.name) / f"{table.name}.copy", encoding="utf-8") as rows:
                     while chunk := rows.read(1 << 20):
                         out.write(chunk)
@@ -375,8 +429,10 @@ class PostgresLoader:
                         cur.execute(f"CREATE SEQUENCE public.{seq}")
                         cur.execute(f"ALTER TABLE public.{seq} OWNER TO {OWNER}")
                         cur.execute(f"ALTER SEQUENCE public.{seq} OWNED BY public.{table.name}.id")
-                        cur.execute(f"ALTER TABLE ONLY public.{table.name} ALTER COLUMN id SET "
-                                    f"DEFAULT nextval('public.{seq}'::regclass)")
+                        cur.execute(
+                            f"ALTER TABLE ONLY public.{table.name} ALTER COLUMN id SET "
+                            f"DEFAULT nextval('public.{seq}'::regclass)"
+                        )
                     names = ", ".join(table.column_names)
                     with cur.copy(f"COPY public.{table.name} ({names}) FROM STDIN") as copy:
                         for row in self._rows(table.name):

@@ -21,45 +21,61 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
-TRANSFORMS = ("exact_copy", "exact_copy_other_patient", "resize", "recompress", "crop", "mirror",
-              "rotate90", "brightness", "colour_shift")
-TRANSFORM_WEIGHTS = (25, 10, 15, 15, 10, 7, 6, 6, 6)
-BAD_STATUSES = ("missing", "empty", "truncated", "not_an_image", "too_large")
-BAD_WEIGHTS = (35, 15, 20, 20, 10)
-
 _LONG_SIDES = (320, 384, 448, 512, 576, 640, 768, 896, 1024)
 _LONG_WEIGHTS = (14, 14, 15, 14, 12, 11, 8, 6, 6)
 _ASPECTS = (4 / 3, 3 / 2, 1.0, 16 / 9)
 _LIGHT_SKIN = np.array([240, 205, 185], np.float32)
 _DARK_SKIN = np.array([85, 55, 40], np.float32)
 _LESION_COLOURS = np.array(
-    [[170, 40, 40], [120, 60, 30], [60, 35, 25], [230, 220, 210], [200, 90, 110],
-     [110, 50, 90], [210, 160, 60], [150, 80, 60], [90, 20, 30]], np.float32)
+    [
+        [170, 40, 40],
+        [120, 60, 30],
+        [60, 35, 25],
+        [230, 220, 210],
+        [200, 90, 110],
+        [110, 50, 90],
+        [210, 160, 60],
+        [150, 80, 60],
+        [90, 20, 30],
+    ],
+    np.float32,
+)
 _GRAIN_SIZE = 1100
 _BOMB_SIDE = 30000
+pillow_heif.register_heif_opener()  # originals renamed from HEIC must open for their copies
 
 
 @functools.cache
 def _grain() -> np.ndarray:
     """A fixed tile of sensor grain (0..16); each photo takes its own window of it."""
-    return np.random.default_rng(20180424).binomial(16, 0.5, (_GRAIN_SIZE, _GRAIN_SIZE, 3)).astype(
-        np.uint8)
+    return (
+        np.random.default_rng(20180424)
+        .binomial(16, 0.5, (_GRAIN_SIZE, _GRAIN_SIZE, 3))
+        .astype(np.uint8)
+    )
 
 
 def _smooth_field(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     cells = rng.random((int(rng.integers(3, 9)), int(rng.integers(3, 9))), dtype=np.float32)
-    field = Image.fromarray(cells, mode="F").resize((width, height), Image.Resampling.BICUBIC)
+    field = Image.fromarray(cells).resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(field) - 0.5
 
 
-def _add_lesion(rng: np.random.Generator, canvas: np.ndarray, xs: np.ndarray,
-                ys: np.ndarray) -> None:
+def _add_lesion(
+    rng: np.random.Generator, canvas: np.ndarray, xs: np.ndarray, ys: np.ndarray
+) -> None:
     height, width = canvas.shape[:2]
     cx, cy = rng.uniform(0.08, 0.92, 2)
     radius = rng.uniform(0.03, 0.25)
     squash, angle = rng.uniform(0.35, 1.0), rng.uniform(0, math.pi)
-    x0, x1 = max(0, int((cx - 1.5 * radius) * width)), min(width, int((cx + 1.5 * radius) * width) + 1)
-    y0, y1 = max(0, int((cy - 1.5 * radius) * height)), min(height, int((cy + 1.5 * radius) * height) + 1)
+    x0, x1 = (
+        max(0, int((cx - 1.5 * radius) * width)),
+        min(width, int((cx + 1.5 * radius) * width) + 1),
+    )
+    y0, y1 = (
+        max(0, int((cy - 1.5 * radius) * height)),
+        min(height, int((cy + 1.5 * radius) * height) + 1),
+    )
     if x0 >= x1 or y0 >= y1:
         return
     dx, dy = xs[x0:x1] - cx, ys[y0:y1] - cy
@@ -67,8 +83,11 @@ def _add_lesion(rng: np.random.Generator, canvas: np.ndarray, xs: np.ndarray,
     v = (dy * math.cos(angle) - dx * math.sin(angle)) / squash
     theta = np.arctan2(v, u)
     lobes = int(rng.integers(2, 8))
-    edge = 1 + rng.uniform(0, 0.3) * np.sin(lobes * theta + rng.uniform(0, 6.3)) + rng.uniform(
-        0, 0.1) * np.sin((lobes + 3) * theta)
+    edge = (
+        1
+        + rng.uniform(0, 0.3) * np.sin(lobes * theta + rng.uniform(0, 6.3))
+        + rng.uniform(0, 0.1) * np.sin((lobes + 3) * theta)
+    )
     distance = np.sqrt(u * u + v * v) / (radius * edge)
     kind = int(rng.integers(0, 4))
     if kind == 0:  # a plaque with a soft border
@@ -77,12 +96,15 @@ def _add_lesion(rng: np.random.Generator, canvas: np.ndarray, xs: np.ndarray,
         alpha = np.clip(1 - np.abs(distance - 0.8) * rng.uniform(4, 10), 0, 1)
     elif kind == 2:  # a cluster of papules
         alpha = np.clip((1 - distance) * 4, 0, 1) * (
-            rng.random(distance.shape, dtype=np.float32) < rng.uniform(0.25, 0.7))
+            rng.random(distance.shape, dtype=np.float32) < rng.uniform(0.25, 0.7)
+        )
     else:  # a scaly patch: base colour with a mottled texture
         alpha = np.clip((1 - distance) * 3, 0, 1) * (
-            0.6 + 0.4 * rng.random(distance.shape, dtype=np.float32))
+            0.6 + 0.4 * rng.random(distance.shape, dtype=np.float32)
+        )
     colour = _LESION_COLOURS[rng.integers(0, len(_LESION_COLOURS))] + rng.normal(0, 18, 3).astype(
-        np.float32)
+        np.float32
+    )
     weight = (alpha * np.float32(rng.uniform(0.45, 1.0)))[..., None]
     region = canvas[y0:y1, x0:x1]
     region += (colour - region) * weight
@@ -101,14 +123,18 @@ def render_photo(seed: int) -> Image.Image:
     skin = _LIGHT_SKIN * (1 - tone) + _DARK_SKIN * tone + rng.normal(0, 12, 3).astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
     cx, cy = rng.uniform(0.1, 0.9, 2)
-    light = (1 + rng.uniform(0.1, 0.5) * ((xs - 0.5) * math.cos(angle) + (ys - 0.5) * math.sin(angle))
-             - rng.uniform(0, 0.5) * ((xs - cx) ** 2 + (ys - cy) ** 2)
-             + rng.uniform(0.05, 0.25) * _smooth_field(rng, small_w, small_h))
+    light = (
+        1
+        + rng.uniform(0.1, 0.5) * ((xs - 0.5) * math.cos(angle) + (ys - 0.5) * math.sin(angle))
+        - rng.uniform(0, 0.5) * ((xs - cx) ** 2 + (ys - cy) ** 2)
+        + rng.uniform(0.05, 0.25) * _smooth_field(rng, small_w, small_h)
+    )
     canvas = light[..., None] * skin
     for _ in range(int(rng.integers(1, 10))):
         _add_lesion(rng, canvas, xs, ys)
     photo = Image.fromarray(np.clip(canvas, 0, 239).astype(np.uint8)).resize(
-        (width, height), Image.Resampling.BILINEAR)
+        (width, height), Image.Resampling.BILINEAR
+    )
     draw = ImageDraw.Draw(photo)
     for _ in range(int(rng.integers(0, 30))):
         x, y = rng.uniform(0, width), rng.uniform(0, height)
@@ -119,8 +145,9 @@ def render_photo(seed: int) -> Image.Image:
             x, y = x + math.cos(heading) * length / 4, y + math.sin(heading) * length / 4
             points.append((x, y))
         shade = int(rng.integers(10, 80))
-        draw.line(points, fill=(shade, max(0, shade - 8), shade // 2),
-                  width=int(rng.integers(1, 4)))
+        draw.line(
+            points, fill=(shade, max(0, shade - 8), shade // 2), width=int(rng.integers(1, 4))
+        )
     pixels = np.asarray(photo).copy()
     ox = int(rng.integers(0, _GRAIN_SIZE - width + 1))
     oy = int(rng.integers(0, _GRAIN_SIZE - height + 1))
@@ -141,9 +168,10 @@ def encode_photo(image: Image.Image, rng: random.Random) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, "PNG", compress_level=1)
         return buffer.getvalue()
-    if roll < 0.02:
+    if roll < 0.018:  # HEIC renamed to .jpg, kept small: the HEVC encoder is slow
         buffer = io.BytesIO()
-        pillow_heif.from_pillow(image).save(buffer, quality=80)
+        image.thumbnail((512, 512))
+        pillow_heif.from_pillow(image).save(buffer, quality=80, enc_params={"preset": "ultrafast"})
         return buffer.getvalue()
     options: dict[str, object] = {}
     if roll < 0.10:
@@ -187,33 +215,50 @@ def transform_photo(data: bytes, transform: str, rng: random.Random) -> bytes:
         return _jpeg(ImageEnhance.Brightness(image).enhance(factor), rng.randrange(85, 93))
     if transform == "colour_shift":
         shifts = [rng.choice((-1, 1)) * rng.randrange(6, 19) for _ in range(3)]
-        bands = [band.point(lambda value, s=s: min(255, max(0, value + s)))
-                 for band, s in zip(image.split(), shifts, strict=True)]
+        bands = [
+            band.point(lambda value, s=s: min(255, max(0, value + s)))
+            for band, s in zip(image.split(), shifts, strict=True)
+        ]
         return _jpeg(Image.merge("RGB", bands), rng.randrange(85, 93))
     raise ValueError(f"unknown duplicate transform {transform!r}")
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
 
 
 @functools.cache
 def _bomb_pixels() -> bytes:
-    """IDAT of a 30000 x 30000 1-bit image, all zeros: ~110 KB that inflate to 112 MB."""
-    row = bytes(1 + _BOMB_SIDE // 8)
-    compressor = zlib.compressobj(9)
-    block = row * 1000
-    data = b"".join(compressor.compress(block) for _ in range(_BOMB_SIDE // 1000))
-    return data + compressor.flush()
+    """IDAT of a 30000 x 30000 1-bit image, all zeros: ~110 KB that inflate to 112 MB.
+
+    One block of rows is deflated once and repeated (a full flush makes the blocks
+    independent); only the checksum has to see every byte.
+    """
+    block = bytes(1 + _BOMB_SIDE // 8) * 1000
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    piece = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    checksum = 1
+    for _ in range(_BOMB_SIDE // 1000):
+        checksum = zlib.adler32(block, checksum)
+    final = zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    return b"\x78\xda" + piece * (_BOMB_SIDE // 1000) + final + struct.pack(">I", checksum)
 
 
 def decompression_bomb(label: str) -> bytes:
     """A valid PNG of 900 megapixels in ~110 KB (distinct per `label`)."""
     header = struct.pack(">IIBBBBB", _BOMB_SIDE, _BOMB_SIDE, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"tEXt", b"Comment\x00" + label.encode())
-            + _png_chunk(b"IDAT", _bomb_pixels()) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"tEXt", b"Comment\x00" + label.encode())
+        + _png_chunk(b"IDAT", _bomb_pixels())
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def bad_file(status: str, label: str, rng: random.Random, photo: bytes) -> bytes | None:
@@ -225,25 +270,32 @@ def bad_file(status: str, label: str, rng: random.Random, photo: bytes) -> bytes
     if status == "truncated":
         return photo[: int(len(photo) * rng.uniform(0.3, 0.7))]
     if status == "not_an_image":
-        return rng.choice((
-            f"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>"
-            f"<h1>Not Found</h1><p>{label}</p></body></html>\n",
-            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
-            f"<Message>Access denied.</Message><Details>{label}</Details></Error>",
-            f"upload failed for {label}: connection reset by peer\n",
-        )).encode()
+        return rng.choice(
+            (
+                f"<!DOCTYPE html><html><head><title>404 Not Found</title></head><body>"
+                f"<h1>Not Found</h1><p>{label}</p></body></html>\n",
+                f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                f"<Message>Access denied.</Message><Details>{label}</Details></Error>",
+                f"upload failed for {label}: connection reset by peer\n",
+            )
+        ).encode()
     if status == "too_large":
         return decompression_bomb(label)
     raise ValueError(f"unknown bad-file status {status!r}")
 
 
-def image_rng(seed: int, image_uuid: str) -> random.Random:
+def image_rng(key: str, image_uuid: str) -> random.Random:
     """The random stream of one image: the same bytes whatever else the run generates."""
-    return random.Random(f"{seed}/image/{image_uuid}")
+    return random.Random(f"{key}/image/{image_uuid}")
 
 
-def write_backup(backup_dir: Path, files: dict[str, str], duplicates: dict[str, tuple[str, str]],
-                 bad: dict[str, str], seed: int) -> int:
+def write_backup(
+    backup_dir: Path,
+    files: dict[str, str],
+    duplicates: dict[str, tuple[str, str]],
+    bad: dict[str, str],
+    key: str,
+) -> int:
     """Write every image file; returns how many files were written.
 
     `files` maps image_uuid to its path under `backup_dir` (the GCS object name);
@@ -267,11 +319,14 @@ def write_backup(backup_dir: Path, files: dict[str, str], duplicates: dict[str, 
     for image_uuid in files:
         if image_uuid in duplicates:
             continue
-        rng = image_rng(seed, image_uuid)
-        photo = encode_photo(render_photo(rng.getrandbits(64)), rng)
+        rng = image_rng(key, image_uuid)
+        photo = render_photo(rng.getrandbits(64))
         status = bad.get(image_uuid)
-        put(image_uuid, bad_file(status, image_uuid, rng, photo) if status else photo)
+        if status:
+            put(image_uuid, bad_file(status, image_uuid, rng, _jpeg(photo, 90)))
+        else:
+            put(image_uuid, encode_photo(photo, rng))
     for image_uuid, (original, transform) in duplicates.items():
         source = (backup_dir / files[original]).read_bytes()
-        put(image_uuid, transform_photo(source, transform, image_rng(seed, image_uuid)))
+        put(image_uuid, transform_photo(source, transform, image_rng(key, image_uuid)))
     return written

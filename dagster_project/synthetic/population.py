@@ -25,8 +25,14 @@ _LOCAL = ZoneInfo("Asia/Jerusalem")
 # How a request without usable images is stored (SOURCE_FORMAT.md section 7, rule 9).
 NO_IMAGE_FORMS = ("sql_null", "json_null", "images_number", "images_null", "no_images_key")
 # How the latest review of a re-reviewed case relates to the earlier ones.
-REVIEW_SCENARIOS = ("later_wins", "later_has_lower_id", "tie_highest_id", "dst_fallback",
-                    "latest_empty", "latest_excluded")
+REVIEW_SCENARIOS = (
+    "later_wins",
+    "later_has_lower_id",
+    "tie_highest_id",
+    "dst_fallback",
+    "latest_empty",
+    "latest_excluded",
+)
 _REVIEW_WEIGHTS = (60, 12, 8, 5, 8, 7)
 TEST_MODES = ("flag", "list", "both")
 _IMAGE_COUNT_WEIGHTS = (5, 25, 30, 19, 11, 5, 3, 1.5, 0.5)  # 0..8 images, mean ~2.4
@@ -103,8 +109,12 @@ def new_uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _forced(rng: random.Random, options: tuple[str, ...], weights: tuple[float, ...],
-            counter: dict[str, int]) -> str:
+def _forced(
+    rng: random.Random,
+    options: tuple[str, ...],
+    weights: tuple[float, ...],
+    counter: dict[str, int],
+) -> str:
     """Draw an option, but hand out every option once before drawing by weight."""
     for option in options:
         if counter.get(option, 0) == 0:
@@ -179,8 +189,9 @@ class _Builder:
             labels = self.labels()
         return labels
 
-    def _review(self, request_id: int, moment: dt.datetime, labels: list[str] | None,
-                form: str = "empty") -> Review:
+    def _review(
+        self, request_id: int, moment: dt.datetime, labels: list[str] | None, form: str = "empty"
+    ) -> Review:
         review = Review(self.next_review_id, request_id, moment, labels, form)
         self.next_review_id += 1
         return review
@@ -201,16 +212,23 @@ class _Builder:
         if scenario == "latest_excluded":
             return [earlier, self._review(case.request_id, later_time, [], "excluded")]
         if scenario == "tie_highest_id":
-            return [earlier, self._review(case.request_id, first, self.other_labels(earlier.labels))]
+            return [
+                earlier,
+                self._review(case.request_id, first, self.other_labels(earlier.labels)),
+            ]
         if scenario == "dst_fallback":
             fallback = dst_fallback(case.created_at.year)
             if fallback < case.created_at:
                 fallback = dst_fallback(case.created_at.year + 1)
             # The later review reads earlier as local text (01:10+02 after 01:40+03).
-            winner = self._review(case.request_id, fallback + dt.timedelta(minutes=10),
-                                  self.labels())
-            loser = self._review(case.request_id, fallback - dt.timedelta(minutes=20),
-                                 self.other_labels(winner.labels))
+            winner = self._review(
+                case.request_id, fallback + dt.timedelta(minutes=10), self.labels()
+            )
+            loser = self._review(
+                case.request_id,
+                fallback - dt.timedelta(minutes=20),
+                self.other_labels(winner.labels),
+            )
             return [winner, loser]
         later = self._review(case.request_id, later_time, self.other_labels(earlier.labels))
         if scenario == "later_has_lower_id":
@@ -227,7 +245,7 @@ class _Builder:
             patient = rng.choice(self.patients[-200:])
         else:
             patient = self._new_patient()
-        if rng.random() < 0.01:
+        if rng.random() < 0.01 and index > 0:
             self.gaps.append(self.next_request_id)
             self.next_request_id += rng.randrange(1, 4)
         request_id = self.next_request_id
@@ -244,13 +262,21 @@ class _Builder:
         n_images = 0 if form != "json" else rng.choices(range(9), _IMAGE_COUNT_WEIGHTS)[0]
         modified_roll = rng.random()
         modified_at = (
-            None if modified_roll < 0.03
-            else created_at if modified_roll < 0.10
+            None
+            if modified_roll < 0.03
+            else created_at
+            if modified_roll < 0.10
             else _jitter(rng, created_at + dt.timedelta(seconds=rng.uniform(1, 7200)))
         )
         case = Case(
-            index=index, request_id=request_id, uuid=new_uuid(rng), patient=patient,
-            is_test=is_test, created_at=created_at, modified_at=modified_at, form=form,
+            index=index,
+            request_id=request_id,
+            uuid=new_uuid(rng),
+            patient=patient,
+            is_test=is_test,
+            created_at=created_at,
+            modified_at=modified_at,
+            form=form,
             images=[new_uuid(rng) for _ in range(n_images)],
         )
         if rng.random() < 0.72:
@@ -261,21 +287,88 @@ class _Builder:
         rng = self.rng
         targets = self.gaps + [last_request_id + k for k in range(1, 50)]
         moment = START + dt.timedelta(days=rng.uniform(0, (END - START).days))
-        return [self._review(rng.choice(targets), _jitter(rng, moment), self.labels())
-                for _ in range(count)]
+        return [
+            self._review(rng.choice(targets), _jitter(rng, moment), self.labels())
+            for _ in range(count)
+        ]
 
 
-def build_population(requests: int, rng: random.Random, vocabulary: Vocabulary,
-                     first_request_id: int = 1) -> Population:
+def build_population(
+    requests: int, rng: random.Random, vocabulary: Vocabulary, first_request_id: int = 1
+) -> Population:
     """Draw the skeleton of `requests` cases; deterministic for the state of `rng`."""
     if requests < 1:
         raise ValueError(f"requests must be at least 1, not {requests}")
     builder = _Builder(rng, vocabulary, first_request_id)
     span = (END - START).total_seconds()
     # More recent years are busier: the service grew.
-    moments = sorted(START + dt.timedelta(seconds=span * rng.random() ** 0.7)
-                     for _ in range(requests))
+    moments = sorted(
+        START + dt.timedelta(seconds=span * rng.random() ** 0.7) for _ in range(requests)
+    )
     cases = [builder.case(index, _jitter(rng, moment)) for index, moment in enumerate(moments)]
     n_reviews = sum(len(case.reviews) for case in cases)
     orphans = builder.orphans(max(1, n_reviews // 200), cases[-1].request_id)
     return Population(cases, builder.patients, orphans, vocabulary)
+
+
+TRANSFORMS = (
+    "exact_copy",
+    "exact_copy_other_patient",
+    "resize",
+    "recompress",
+    "crop",
+    "mirror",
+    "rotate90",
+    "brightness",
+    "colour_shift",
+)
+_TRANSFORM_WEIGHTS = (25, 10, 15, 15, 10, 7, 6, 6, 6)
+BAD_STATUSES = ("missing", "empty", "truncated", "not_an_image", "too_large")
+_BAD_WEIGHTS = (35, 15, 20, 20, 10)
+
+
+def plant_duplicates(
+    population: Population, rng: random.Random, rate: float = 0.03
+) -> dict[str, tuple[str, str]]:
+    """Re-uploads of ~`rate` of the photos: new image_uuid -> (original, transform).
+
+    Originals are photos of cases that reach the manifest; each copy joins a case that
+    reaches it too: a case of the same patient, or of another patient for
+    `exact_copy_other_patient`. The copy's uuid is appended to that case's images.
+    """
+    included = [case for case in population.cases if case.included]
+    by_patient: dict[int, list[Case]] = {}
+    for case in included:
+        by_patient.setdefault(case.patient.id, []).append(case)
+    originals = [(case, image) for case in included for image in case.images]
+    rng.shuffle(originals)
+    total = sum(len(case.images) for case in population.cases)
+    wanted = min(len(originals), max(len(TRANSFORMS), round(rate * total)))
+    counter: dict[str, int] = {}
+    planted: dict[str, tuple[str, str]] = {}
+    for case, image in originals[:wanted]:
+        transform = _forced(rng, TRANSFORMS, _TRANSFORM_WEIGHTS, counter)
+        if transform == "exact_copy_other_patient":
+            others = [c for c in included if c.patient.id != case.patient.id]
+            if not others:
+                continue
+            host = rng.choice(others)
+        else:
+            host = rng.choice(by_patient[case.patient.id])
+        copy = new_uuid(rng)
+        host.duplicates.append(copy)
+        planted[copy] = (image, transform)
+    return planted
+
+
+def pick_bad_images(
+    population: Population, avoid: set[str], rng: random.Random, rate: float = 0.01
+) -> dict[str, str]:
+    """~`rate` of the images (never a planted duplicate or its original) -> broken status."""
+    candidates = [image for case in population.cases for image in case.images if image not in avoid]
+    rng.shuffle(candidates)
+    wanted = min(len(candidates), max(len(BAD_STATUSES), round(rate * len(candidates))))
+    counter: dict[str, int] = {}
+    return {
+        image: _forced(rng, BAD_STATUSES, _BAD_WEIGHTS, counter) for image in candidates[:wanted]
+    }

@@ -1,0 +1,97 @@
+"""The ground truth of a synthetic source, recorded while it is generated.
+
+The expected image records are written from the clean values the generator decided before
+it spelled them messily, never by reading the dump back, so they are an independent check
+of the pipeline's metadata stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from dagster_project.schema import IMAGE_RECORDS_SCHEMA
+
+_CHUNK_ROWS = 20_000
+
+
+class TruthTable:
+    """Expected image records, accumulated in compact chunks."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+        self._chunks: list[pl.DataFrame] = []
+
+    def add(
+        self,
+        *,
+        image_uuid: str,
+        case_uuid: str,
+        patient_id: int,
+        labels: list[str],
+        icd9: str | None,
+        metadata: dict[str, Any],
+        vendor_id: str,
+        modified_at: dt.datetime | None,
+        source_gcs_path: str,
+    ) -> None:
+        self._rows.append(
+            {
+                "image_uuid": image_uuid,
+                "case_uuid": case_uuid,
+                "patient_id": patient_id,
+                "diagnosis": labels[0],
+                "diagnosis_icd9": icd9,
+                "diagnoses_all": labels,
+                **metadata,
+                "vendor_id": vendor_id,
+                "modified_at": modified_at,
+                "source_gcs_path": source_gcs_path,
+            }
+        )
+        if len(self._rows) >= _CHUNK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._chunks.append(pl.DataFrame(self._rows, schema=IMAGE_RECORDS_SCHEMA))
+            self._rows = []
+
+    def frame(self) -> pl.DataFrame:
+        """All rows, in the contract's order: by case_uuid, then image_uuid."""
+        self._flush()
+        frame = (
+            pl.concat(self._chunks) if self._chunks else pl.DataFrame(schema=IMAGE_RECORDS_SCHEMA)
+        )
+        return frame.sort("case_uuid", "image_uuid")
+
+
+def write_truth(
+    truth_dir: Path,
+    records: pl.DataFrame,
+    duplicates: dict[str, tuple[str, str]],
+    bad: dict[str, str],
+    pii: list[str],
+) -> None:
+    """Write the four truth files (see the package docstring for what each holds)."""
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    records.write_parquet(truth_dir / "expected_image_records.parquet")
+    pl.DataFrame(
+        {
+            "image_uuid": list(duplicates),
+            "original_uuid": [o for o, _ in duplicates.values()],
+            "transform": [t for _, t in duplicates.values()],
+        },
+        schema={"image_uuid": pl.String, "original_uuid": pl.String, "transform": pl.String},
+    ).write_parquet(truth_dir / "planted_duplicates.parquet")
+    pl.DataFrame(
+        {"image_uuid": list(bad), "expected_status": list(bad.values())},
+        schema={"image_uuid": pl.String, "expected_status": pl.String},
+    ).write_parquet(truth_dir / "bad_images.parquet")
+    unique = dict.fromkeys(pii)
+    (truth_dir / "pii_strings.txt").write_text(
+        "".join(f"{line}\n" for line in unique), encoding="utf-8"
+    )

@@ -1,0 +1,134 @@
+"""The dump sensor's cursor, the sensor on a watched directory, and the alert channels."""
+
+import json
+import os
+import socketserver
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import dagster as dg
+
+from dagster_project.alerts import Alert
+from dagster_project.sensors import DumpCursor, dump_sensor
+from dagster_project.storage import ObjectStat
+from resources.alerts import AlertNotifier
+from resources.storage import DumpSource
+
+
+def _stat(key: str, second: int) -> ObjectStat:
+    return ObjectStat(key=key, size=1, last_modified=datetime.fromtimestamp(second, UTC),
+                      version=str(second))
+
+
+def test_cursor_processes_each_dump_once_including_same_second_arrivals():
+    cursor = DumpCursor()
+    fresh, cursor = cursor.advance([_stat("a.sql", 100)])
+    assert [s.key for s in fresh] == ["a.sql"]
+    # b lands in the same second as a, after the first tick: it must still be picked up.
+    fresh, cursor = cursor.advance([_stat("a.sql", 100), _stat("b.sql", 100)])
+    assert [s.key for s in fresh] == ["b.sql"]
+    fresh, cursor = cursor.advance([_stat("a.sql", 100), _stat("b.sql", 100)])
+    assert fresh == []
+    fresh, cursor = DumpCursor.parse(cursor.dump()).advance(
+        [_stat("a.sql", 100), _stat("b.sql", 100), _stat("c.sql", 101), _stat("d.sql", 101)]
+    )
+    assert [s.key for s in fresh] == ["c.sql", "d.sql"]
+    assert cursor.advance([_stat("c.sql", 101), _stat("d.sql", 101)])[0] == []
+
+
+def test_dump_sensor_adds_partitions_and_requests_runs(tmp_path):
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    (dumps / "dd_api-2026_01_01_00_00_00.sql").write_text("--")
+    (dumps / "notes.txt").write_text("not a dump")
+    resource = DumpSource(uri=str(dumps), download_dir=str(tmp_path / "dl"))
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"dumps": resource})
+        result = dump_sensor(context)
+        assert [r.partition_key for r in result.run_requests] == ["dd_api-2026_01_01_00_00_00.sql"]
+        assert result.dynamic_partitions_requests[0].partition_keys == [
+            "dd_api-2026_01_01_00_00_00.sql"
+        ]
+        (dumps / "dd_api-2026_02_01_00_00_00.sql.gz").write_bytes(b"\x1f\x8b")
+        later = os.path.getmtime(dumps / "dd_api-2026_01_01_00_00_00.sql") + 5
+        os.utime(dumps / "dd_api-2026_02_01_00_00_00.sql.gz", (later, later))
+        context = dg.build_sensor_context(
+            instance=instance, resources={"dumps": resource}, cursor=result.cursor
+        )
+        second = dump_sensor(context)
+        assert [r.partition_key for r in second.run_requests] == [
+            "dd_api-2026_02_01_00_00_00.sql.gz"
+        ]
+
+
+class _Capture(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        _Capture.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class _SmtpHandler(socketserver.StreamRequestHandler):
+    """Just enough SMTP to accept one message."""
+
+    messages: list = []
+
+    def handle(self):
+        self.wfile.write(b"220 test\r\n")
+        data_mode, lines = False, []
+        for raw in self.rfile:
+            line = raw.decode().rstrip("\r\n")
+            if data_mode:
+                if line == ".":
+                    data_mode = False
+                    _SmtpHandler.messages.append("\n".join(lines))
+                    self.wfile.write(b"250 queued\r\n")
+                else:
+                    lines.append(line)
+                continue
+            verb = line.split(" ")[0].upper()
+            if verb == "EHLO":
+                self.wfile.write(b"250 test\r\n")
+            elif verb == "DATA":
+                data_mode = True
+                self.wfile.write(b"354 go\r\n")
+            elif verb == "QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+def _alert() -> Alert:
+    return Alert(kind="check_failed", title="check no_split_leaks failed on manifest",
+                 asset="manifest", check="no_split_leaks", partition="dd_api-x.sql",
+                 run_id="abc", run_url="http://127.0.0.1:3000/runs/abc", severity="ERROR",
+                 description="Blocking: nothing was published.")
+
+
+def test_alert_reaches_webhook_and_email():
+    http = HTTPServer(("127.0.0.1", 0), _Capture)
+    smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
+    for server in (http, smtp):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        notifier = AlertNotifier(
+            webhook_url=f"http://127.0.0.1:{http.server_port}/hook",
+            smtp_host="127.0.0.1", smtp_port=smtp.server_address[1],
+            mail_to="maintainer@example.org",
+        )
+        assert notifier.notify(_alert()) == ["webhook", "email"]
+    finally:
+        http.shutdown()
+        smtp.shutdown()
+    payload = _Capture.received[-1]
+    assert payload["check"] == "no_split_leaks" and payload["partition"] == "dd_api-x.sql"
+    assert payload["run_url"].endswith("/runs/abc")
+    assert "no_split_leaks" in _SmtpHandler.messages[-1]
+    assert "maintainer@example.org" in _SmtpHandler.messages[-1]
