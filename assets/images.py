@@ -39,11 +39,12 @@ def image_files(
     mapper = GcsPathMapper()
     images = image_records.select("image_uuid", "source_gcs_path").unique("image_uuid", keep="first")
     keys = [mapper.key(path) for path in images["source_gcs_path"]]
-    facts = inspect_images(
-        keys, store.read_bytes, workers=curation.io_workers,
-        cache=FactCache(curation.cache_path("image_facts")), stat=store.stat,
-        progress=_progress(context, "inspected"),
-    )
+    listing = {stat.key: (stat.size, stat.version) for stat in store.list()}
+    with FactCache(curation.cache_path("image_facts")) as cache:
+        facts = inspect_images(
+            keys, store.read_bytes, workers=curation.io_workers, cache=cache,
+            stat=listing.get, progress=_progress(context, "inspected"),
+        )
     files = images.with_columns(pl.Series("key", keys)).join(facts, on="key", how="left")
     status_counts = dict(files["status"].value_counts().iter_rows())
     return dg.Output(
@@ -65,20 +66,20 @@ def image_embeddings(
     ok = image_files.filter(pl.col("status") == "ok").unique("sha256", keep="first")
     key_of = dict(zip(ok["sha256"], ok["key"], strict=True))
     model = embedder.load()
-    vectors, cached = embed_images(
-        ok["sha256"].to_list(), lambda sha: store.read_bytes(key_of[sha]), model,
-        cache=FactCache(curation.cache_path("image_facts")),
-        progress=_progress(context, "embedded"),
-    )
+    with FactCache(curation.cache_path("image_facts")) as cache:
+        vectors, shas = embed_images(
+            ok["sha256"].to_list(), lambda sha: store.read_bytes(key_of[sha]), model,
+            cache=cache, progress=_progress(context, "embedded"),
+        )
     frame = pl.DataFrame(
-        {"sha256": ok["sha256"], "embedding": vectors},
+        {"sha256": shas, "embedding": vectors},
         schema={"sha256": pl.String, "embedding": pl.Array(pl.Float32, model.dim)},
     )
     return dg.Output(
         frame,
         metadata={
             "model": model.model_id, "dim": model.dim, "vectors": frame.height,
-            "cache_hits": cached, "device": str(model.device),
+            "device": str(model.device),
         },
     )
 

@@ -15,6 +15,7 @@ from dagster_project.diagnoses import (
 )
 from dagster_project.records import (
     build_image_records,
+    count_orphan_annotations,
     load_test_patient_ids,
     validate_image_records,
 )
@@ -23,13 +24,17 @@ from resources.curation import CurationConfig
 
 @dg.asset(group_name="metadata", kinds={"polars"}, **DUMP_PARTITIONED)
 def normalized_diagnoses(
-    raw_annotations: pl.DataFrame, disease_codes: pl.DataFrame, curation: CurationConfig
+    raw_annotations: pl.DataFrame,
+    raw_requests: pl.DataFrame,
+    disease_codes: pl.DataFrame,
+    curation: CurationConfig,
 ) -> dg.Output[pl.DataFrame]:
     """The latest review of each case, with synonyms mapped and non-diagnoses dropped."""
     vocabulary = load_vocabulary(curation.algo_python)
     latest = latest_annotations(raw_annotations)
     diagnoses, counts = normalize_diagnoses(latest, disease_codes, vocabulary)
     counts["annotations_superseded"] = raw_annotations.height - latest.height
+    counts["annotations_orphaned"] = count_orphan_annotations(raw_annotations, raw_requests)
     return dg.Output(
         diagnoses,
         metadata={

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -106,11 +107,13 @@ def _import_module(path: Path, root: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ValueError(f"algo_python {root}: cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up there
     added = [str(path.parent), str(root)]
     sys.path[:0] = added
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
+        del sys.modules[spec.name]
         raise ValueError(f"algo_python {root}: importing {path} failed: {exc!r}") from exc
     finally:
         for entry in added:
@@ -130,12 +133,16 @@ def _legacy_vocabulary(root: Path) -> DiagnosisVocabulary:
         raise ValueError(f"algo_python {root}: not a directory")
     path = _find_correcter_module(root)
     where = f"algo_python {root}: {path.relative_to(root)}"
+    correcter_class = getattr(_import_module(path, root), _CLASS_NAME)
     try:
-        instance = getattr(_import_module(path, root), _CLASS_NAME)()
-    except (AttributeError, TypeError) as exc:
+        instance = correcter_class()
+    except Exception as exc:
         raise ValueError(f"{where}: cannot instantiate {_CLASS_NAME}(): {exc}") from exc
+    # Static lookup: no property or __getattr__ of the legacy class runs here.
     attributes = {
-        name: getattr(instance, name) for name in dir(instance) if not name.startswith("__")
+        name: value
+        for name, value in inspect.getmembers_static(instance)
+        if not name.startswith("__")
     }
     mappings = {
         name: value
@@ -165,7 +172,7 @@ def _legacy_vocabulary(root: Path) -> DiagnosisVocabulary:
             f"{where}: {_CLASS_NAME} has neither a str->str mapping attribute "
             "nor a correcting method"
         )
-    corrector = functools.lru_cache(maxsize=None)(attributes[methods[0]])
+    corrector = functools.lru_cache(maxsize=None)(getattr(instance, methods[0]))
     return DiagnosisVocabulary(
         {}, exclusions, corrector, source=f"{_CLASS_NAME}.{methods[0]} ({path.name})"
     )

@@ -4,8 +4,9 @@ Reads plain dumps (COPY blocks, or `--inserts` / `--column-inserts` statements),
 and custom-format archives (`-Fc`), without loading the file or any unrelated table into
 memory (SOURCE_FORMAT.md section 1). Only the columns a `TableSpec` names are decoded, so PII
 columns of the dump never leave this module. Unrelated COPY blocks are skipped with
-`bytes.find` over large chunks; wanted rows are split with bytes operations and only values
-holding a backslash go through the escape decoder.
+`bytes.find` over large chunks. Wanted COPY text is split into columns by Arrow's CSV reader
+(TAB-separated, no quoting) and decoded with Arrow compute; only values with escapes other
+than an escaped backslash are visited in Python.
 
 pgdumplib is not used for `-Fc`: it copies every table's data into temporary files and reads
 each one whole into memory, strips trailing tabs off rows, and rejects archives of PostgreSQL
@@ -73,7 +74,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "custom"
     if head.startswith(b"\x1f\x8b"):
         with gzip.open(path, "rb") as inner:
-            if _read_gzip(inner, 5, path) == b"PGDMP":
+            if _read(inner, 5, path) == b"PGDMP":
                 raise DumpFormatError(path, "a gzip-compressed custom-format dump is not supported")
         return "plain.gz"
     if head[257:262] == b"ustar":
@@ -122,7 +123,7 @@ def stream_tables(
 
 
 class _BadValue(Exception):
-    """A value of one column that cannot be decoded; index is its row within the batch."""
+    """A value that cannot be decoded; `index` is its row among the values converted."""
 
     def __init__(self, index: int, reason: str) -> None:
         super().__init__(reason)
@@ -163,7 +164,7 @@ def _replace_escape(match: re.Match[bytes]) -> bytes:
         try:
             return chr(int(text, 16)).encode("utf-8")
         except (ValueError, UnicodeEncodeError):
-            raise ValueError(f"invalid Unicode escape \\u{text.decode()}") from None
+            raise ValueError(f"invalid Unicode escape {match.group().decode()}") from None
     if kind == "simple":
         return _SIMPLE_ESCAPES[text]
     return text
@@ -337,7 +338,9 @@ class _Binding:
             ),
         )
 
-    def copy_fields(self, region: bytes, first: int, fail: Callable[[str, int], Exception]):
+    def copy_fields(
+        self, region: bytes, first: int, fail: Callable[[str, int], Exception]
+    ) -> list[pa.Array]:
         """The wanted raw fields of COPY lines (`region` ends with a newline), one binary
         array per picked column. `first` is the line (or row) number of the region's first."""
         # Arrow would also end rows at a CR, and skips a leading BOM: such regions, and any
@@ -345,9 +348,10 @@ class _Binding:
         if b"\r" not in region and not region.startswith(b"\xef\xbb\xbf"):
             try:
                 table = pacsv.read_csv(pa.py_buffer(region), *self.csv_options)
-                return [column.combine_chunks() for column in table.columns]
             except pa.ArrowInvalid:
-                pass
+                table = None
+            if table is not None and table.num_rows == region.count(b"\n"):
+                return [column.combine_chunks() for column in table.columns]
         rows = [line.split(b"\t") for line in region[:-1].split(b"\n")]
         if set(map(len, rows)) != {self.width}:
             index = next(i for i, row in enumerate(rows) if len(row) != self.width)
@@ -480,7 +484,8 @@ _VALUE = re.compile(
     rb"\s*(?:(?P<prefix>[A-Za-z])?'(?P<quoted>[^']*+(?:''[^']*+)*+)'|(?P<bare>[^\s,()']++))"
     rb"\s*(?P<end>[,)])"
 )
-_DEFAULT = object()  # stands for the DEFAULT keyword among INSERT values
+_DEFAULT = object()  # DEFAULT: a generated column, which --inserts dumps leave to the server
+_KEYWORD_VALUES = {b"NULL": None, b"DEFAULT": _DEFAULT}
 _ROW_START = re.compile(rb"\s*\(")
 _ROW_END = re.compile(rb"\s*(?P<sep>[,;])")
 _TABLE_ITEM = re.compile(rb"'[^']*+'|\"(?:[^\"]|\"\")*+\"|[(),]|[^'\"(),]++")
@@ -520,7 +525,8 @@ def _create_table_columns(statement: bytes, body_start: int) -> list[str]:
             item_start = False
             first = _IDENTS.search(text)
             name = _identifier(first.group()) if first else ""
-            if name and not (not text.lstrip().startswith(b'"') and name in _NOT_COLUMNS):
+            quoted = text.lstrip().startswith(b'"')
+            if name and (quoted or name not in _NOT_COLUMNS):
                 columns.append(name)
     return columns
 
@@ -530,11 +536,12 @@ def _check_encoding(value: str, fail: Callable[[str], Exception]) -> None:
         raise fail(f"dump encoding {value.strip()} is not supported (UTF8 only)")
 
 
-def _read_gzip(handle: BinaryIO, size: int, path: str | os.PathLike[str]) -> bytes:
+def _read(handle: BinaryIO, size: int, path: str | os.PathLike[str]) -> bytes:
+    """Read from a plain or gzip file; a damaged gzip stream becomes a DumpFormatError."""
     try:
         return handle.read(size)
     except (EOFError, OSError, zlib.error) as exc:
-        raise DumpFormatError(path, f"corrupt or truncated gzip stream ({exc})") from None
+        raise DumpFormatError(path, f"corrupt or truncated dump data ({exc})") from None
 
 
 class _PlainDump:
@@ -566,7 +573,7 @@ class _PlainDump:
         """Append the next chunk to the buffer; False at end of file."""
         if self.eof:
             return False
-        chunk = _read_gzip(self.handle, _CHUNK, self.path)
+        chunk = _read(self.handle, _CHUNK, self.path)
         if not chunk:
             self.eof = True
             return False
@@ -700,11 +707,13 @@ class _PlainDump:
     ) -> Iterator[tuple[tuple[bytes | None, ...], int]]:
         """The wanted values of each row of an INSERT, with the line where the row starts."""
         table, width = _label(binding.key), binding.width
+        counted = 0  # newlines before this offset of the statement are in `line`
         while True:
             opening = _ROW_START.match(statement, pos)
             if opening is None:
                 raise self._error("malformed INSERT statement", table, line)
-            line += statement.count(b"\n", pos, opening.end())
+            line += statement.count(b"\n", counted, opening.end())
+            counted = opening.end()
             values, end = self._insert_values(statement, opening.end(), table, line)
             if len(values) != width:
                 raise self._error(
@@ -717,16 +726,16 @@ class _PlainDump:
             separator = _ROW_END.match(statement, end)
             if separator is None:
                 raise self._error("malformed INSERT statement", table, line)
-            line += statement.count(b"\n", opening.end(), separator.end())
             if separator.group("sep") == b";":
                 return
             pos = separator.end()
 
     def _insert_values(
         self, statement: bytes, pos: int, table: str, line: int
-    ) -> tuple[list[bytes | None], int]:
-        """The values of one parenthesized row, and the offset after its `)`."""
-        values: list[bytes | None] = []
+    ) -> tuple[list[object], int]:
+        """The values of one parenthesized row (bytes, None or _DEFAULT), and the offset
+        after its `)`."""
+        values: list[object] = []
         while True:
             token = _VALUE.match(statement, pos)
             if token is None:
@@ -742,15 +751,8 @@ class _PlainDump:
                         raise self._error(str(exc), table, line) from None
                 values.append(text)
             else:
-                bare = token.group("bare").upper()
-                # DEFAULT: a generated column, which --inserts dumps leave to the server
-                values.append(
-                    None
-                    if bare == b"NULL"
-                    else _DEFAULT
-                    if bare == b"DEFAULT"
-                    else token.group("bare")
-                )
+                bare = token.group("bare")
+                values.append(_KEYWORD_VALUES.get(bare.upper(), bare))
             pos = token.end()
             if token.group("end") == b")":
                 return values, pos
@@ -846,7 +848,7 @@ class _CustomArchive:
         for _ in range(self._int()):
             dump_id = self._int()
             self._int()  # had dumper
-            self._str(), self._str()  # table oid, oid
+            _table_oid, _oid = self._str(), self._str()
             tag, desc = self._str() or "", self._str() or ""
             self._int()  # section
             definition, _drop, copy, namespace, _tablespace = (self._str() for _ in range(5))
@@ -854,7 +856,7 @@ class _CustomArchive:
                 self._str()  # table access method
             if version >= (1, 16, 0):
                 self._int()  # relkind
-            self._str(), self._str()  # owner, with oids
+            _owner, _with_oids = self._str(), self._str()
             while self._str() is not None:  # dependencies
                 pass
             data_state = self._read(1 + self.off_size)[0]

@@ -205,6 +205,23 @@ def _containers(document: dict[str, Any], counts: Counter[str]) -> dict[tuple[st
     return found
 
 
+def _metadata(document: dict[str, Any], counts: Counter[str]) -> list[Any]:
+    """Rules 4 to 8 and section 6: each metadata field's value; bad ones None and counted."""
+    containers = _containers(document, counts)
+    row = []
+    for field in FIELDS:
+        container = containers[field.container]
+        value = field.parse(container.get(field.key) if container is not None else None)
+        if value is INVALID:
+            counts[f"{field.name}_invalid"] += 1
+            value = None
+        elif field.bounds and value is not None and not field.bounds[0] <= value <= field.bounds[1]:
+            counts[f"{field.name}_out_of_range"] += 1
+            value = None
+        row.append(value)
+    return row
+
+
 def flatten_requests(
     batch: pa.RecordBatch | pa.Table | pl.DataFrame,
 ) -> tuple[pl.DataFrame, Counter[str]]:
@@ -218,31 +235,13 @@ def flatten_requests(
     """
     frame = source_frame(batch, REQUESTS_TABLE)
     counts: Counter[str] = Counter(requests=frame.height)
-    columns: list[list[Any]] = [[] for _ in FIELDS]
+    no_metadata = [None] * len(FIELDS)
+    rows: list[list[Any]] = []
     images: list[list[dict[str, str]]] = []
     for text in frame.get_column("request").to_list():
         document = _decode(text, counts)
-        if document is None:
-            for column in columns:
-                column.append(None)
-            images.append([])
-        else:
-            containers = _containers(document, counts)
-            for field, column in zip(FIELDS, columns, strict=True):
-                container = containers[field.container]
-                value = field.parse(container.get(field.key) if container is not None else None)
-                if value is INVALID:
-                    counts[f"{field.name}_invalid"] += 1
-                    value = None
-                elif (
-                    field.bounds
-                    and value is not None
-                    and not field.bounds[0] <= value <= field.bounds[1]
-                ):
-                    counts[f"{field.name}_out_of_range"] += 1
-                    value = None
-                column.append(value)
-            images.append(_images(document.get("images"), counts))
+        rows.append(no_metadata if document is None else _metadata(document, counts))
+        images.append([] if document is None else _images(document.get("images"), counts))
         if not images[-1]:
             counts["requests_without_images"] += 1
     identity = frame.select(
@@ -253,7 +252,8 @@ def flatten_requests(
         pl.col("is_test").fill_null(False),
         pl.col("modified_at"),
     )
-    # pyarrow builds nested columns from Python lists far faster than pl.Series does.
+    # pyarrow builds (nested) columns from Python lists far faster than pl.Series does.
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(FIELDS)
     arrays = [
         pa.array(column, type=_ARROW_TYPES[field.name])
         for field, column in zip(FIELDS, columns, strict=True)

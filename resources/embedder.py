@@ -22,11 +22,17 @@ class EmbedderResource(dg.ConfigurableResource):
     pretrained: str = "laion2b_s34b_b79k"
     device: str = "auto"
     batch_size: int = 64
+    image_size: int = 224
+    flip_invariant: bool = True
+    workers: int = 2
+    weights_cache_dir: str | None = None
 
     def config(self) -> EmbedderConfig:
         return EmbedderConfig(
             backend=self.backend, model=self.model, pretrained=self.pretrained,
-            device=self.device, batch_size=self.batch_size,
+            device=self.device, batch_size=self.batch_size, image_size=self.image_size,
+            flip_invariant=self.flip_invariant, workers=self.workers,
+            cache_dir=self.weights_cache_dir,
         )
 
     def load(self) -> Embedder:

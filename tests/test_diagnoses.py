@@ -382,7 +382,15 @@ def test_legacy_correcter_attributes(tmp_path: Path) -> None:
                 SYNONYMS = {"Plaque Psoriasis": "Psoriasis", "chicken pox": "varicella"}
             """,
             "src/diseases/correcter.py": """
+                from __future__ import annotations
+
+                from dataclasses import dataclass
+
                 from names import SYNONYMS
+
+                @dataclass
+                class Entry:
+                    alias: str
 
                 class DiseaseCorrecter:
                     label_names = ["psoriasis", "varicella", "acne", "melasma", "a", "b"]
@@ -390,6 +398,10 @@ def test_legacy_correcter_attributes(tmp_path: Path) -> None:
                     def __init__(self):
                         self.disease_mapping = dict(SYNONYMS)
                         self.diseases_to_exclude = ["Undefined Diagnosis", "not sure"]
+
+                    @property
+                    def model(self):
+                        raise RuntimeError("needs the production model")
             """,
         },
     )

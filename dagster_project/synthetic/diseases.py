@@ -200,7 +200,8 @@ def load_vocabulary() -> Vocabulary:
     is a final canonical name (not itself remapped or excluded) are used as spellings.
     """
     synonyms = _load_synonyms()
-    exclusions = _load_exclusions()
+    # A spelling the dictionary maps to a disease is not a non-diagnosis (mapping comes first).
+    exclusions = tuple(name for name in _load_exclusions() if synonyms.get(name, name) == name)
     excluded = set(exclusions)
     remapped = {key for key, value in synonyms.items() if key != value}
     blocked = remapped | excluded

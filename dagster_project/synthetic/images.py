@@ -132,8 +132,11 @@ def render_photo(seed: int) -> Image.Image:
     canvas = light[..., None] * skin
     for _ in range(int(rng.integers(1, 10))):
         _add_lesion(rng, canvas, xs, ys)
-    photo = Image.fromarray(np.clip(canvas, 0, 239).astype(np.uint8)).resize(
-        (width, height), Image.Resampling.BILINEAR
+    # Bilinear to half size, then pixel doubling: most of the smoothness at a third of the cost.
+    photo = (
+        Image.fromarray(np.clip(canvas, 0, 239).astype(np.uint8))
+        .resize(((width + 1) // 2, (height + 1) // 2), Image.Resampling.BILINEAR)
+        .resize((width, height), Image.Resampling.NEAREST)
     )
     draw = ImageDraw.Draw(photo)
     for _ in range(int(rng.integers(0, 30))):
@@ -148,11 +151,9 @@ def render_photo(seed: int) -> Image.Image:
         draw.line(
             points, fill=(shade, max(0, shade - 8), shade // 2), width=int(rng.integers(1, 4))
         )
-    pixels = np.asarray(photo).copy()
     ox = int(rng.integers(0, _GRAIN_SIZE - width + 1))
     oy = int(rng.integers(0, _GRAIN_SIZE - height + 1))
-    pixels += _grain()[oy : oy + height, ox : ox + width]
-    return Image.fromarray(pixels)
+    return Image.fromarray(np.add(np.asarray(photo), _grain()[oy : oy + height, ox : ox + width]))
 
 
 def _jpeg(image: Image.Image, quality: int, **options: object) -> bytes:
@@ -178,7 +179,7 @@ def encode_photo(image: Image.Image, rng: random.Random) -> bytes:
         exif = Image.Exif()
         exif[0x0112] = rng.choice((3, 6, 8))
         options["exif"] = exif
-    if rng.random() < 0.2:
+    if rng.random() < 0.1:
         options["subsampling"] = 0
     return _jpeg(image, rng.randrange(80, 96), **options)
 
