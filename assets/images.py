@@ -8,7 +8,7 @@ import polars as pl
 from assets.common import DUMP_PARTITIONED, counts_metadata
 from dagster_project.images.cache import FactCache
 from dagster_project.images.dedup import DedupConfig, find_duplicates
-from dagster_project.images.embed import embed_images
+from dagster_project.images.folder import embed_ok_images
 from dagster_project.images.verify import inspect_images
 from dagster_project.storage import GcsPathMapper
 from resources.curation import CurationConfig
@@ -61,25 +61,23 @@ def image_embeddings(
     embedder: EmbedderResource,
     curation: CurationConfig,
 ) -> dg.Output[pl.DataFrame]:
-    """One L2-normalised vector per distinct readable photo, cached by (model, sha256)."""
+    """One L2-normalised vector per readable photo, computed once per (model, sha256)."""
     store = backup.store()
-    ok = image_files.filter(pl.col("status") == "ok").unique("sha256", keep="first")
-    key_of = dict(zip(ok["sha256"], ok["key"], strict=True))
     model = embedder.load()
+    ok = image_files.filter(pl.col("status") == "ok")
     with FactCache(curation.cache_path("image_facts")) as cache:
-        vectors, shas = embed_images(
-            ok["sha256"].to_list(), lambda sha: store.read_bytes(key_of[sha]), model,
-            cache=cache, progress=_progress(context, "embedded"),
+        vectors = embed_ok_images(
+            ok, store.read_bytes, model, cache=cache, progress=_progress(context, "embedded")
         )
     frame = pl.DataFrame(
-        {"sha256": shas, "embedding": vectors},
-        schema={"sha256": pl.String, "embedding": pl.Array(pl.Float32, model.dim)},
+        {"image_uuid": ok["image_uuid"], "embedding": vectors},
+        schema={"image_uuid": pl.String, "embedding": pl.Array(pl.Float32, model.dim)},
     )
     return dg.Output(
         frame,
         metadata={
             "model": model.model_id, "dim": model.dim, "vectors": frame.height,
-            "device": str(model.device),
+            "distinct_photos": int(ok["sha256"].n_unique()), "device": str(model.device),
         },
     )
 
@@ -91,20 +89,31 @@ def duplicate_clusters(
     image_records: pl.DataFrame,
     curation: CurationConfig,
 ) -> dg.Output[pl.DataFrame]:
-    """Exact, perceptual and embedding duplicates joined into clusters, plus outlier scores."""
+    """Exact, perceptual and embedding duplicates joined into clusters, plus outlier scores.
+
+    One row per readable photo: image_uuid, cluster_id, cluster_size, representative (the
+    image_uuid of the cluster's largest photo), homogeneous (diagnoses agree), outlier_score.
+    """
     config = DedupConfig.calibrated(
         phash_max_distance=curation.phash_max_distance,
         cosine_threshold=curation.cosine_threshold,
     )
-    ok = image_files.filter(pl.col("status") == "ok").join(
-        image_records.select("image_uuid", "case_uuid", "diagnosis"), on="image_uuid"
+    cases = image_records.select("image_uuid", "case_uuid", "diagnosis").unique(
+        "image_uuid", keep="first"
     )
-    vectors = ok.select("sha256").join(image_embeddings, on="sha256", how="left")
+    facts = (
+        image_files.filter(pl.col("status") == "ok")
+        .join(image_embeddings, on="image_uuid", how="left", maintain_order="left")
+        .join(cases, on="image_uuid", how="left", maintain_order="left")
+        .drop("key")
+        .with_columns(pl.col("image_uuid").alias("key"))
+    )
     result = find_duplicates(
-        ok.rename({"image_uuid": "key_uuid"}).with_columns(pl.col("key_uuid").alias("key")),
-        np.asarray(vectors["embedding"].to_numpy(), dtype=np.float32),
+        facts,
+        np.asarray(facts["embedding"].to_numpy(), dtype=np.float32).reshape(facts.height, -1),
         config,
-        case_ids=ok["case_uuid"].to_list(),
-        labels=ok["diagnosis"].to_list(),
+        case_ids=facts["case_uuid"].to_list(),
+        labels=facts["diagnosis"].to_list(),
     )
-    return dg.Output(result.clusters, metadata=result.metadata())
+    clusters = result.clusters.rename({"key": "image_uuid"})
+    return dg.Output(clusters, metadata=result.metadata())

@@ -6,7 +6,7 @@ duplicates, of original/flipped pairs (a pair of one lesion_id is not a false po
 of same-lesion pairs (report only); the thresholds used; the precision/recall curve per
 threshold (``--curve``); and whether the targets hold (exit status 1 if not).
 
-    python bench/eval_ham10000.py [--images N] [--curve] [--backend efficientnet_lite0]
+    python bench/eval_ham10000.py [--images N] [--curve] [--cache DIR] [--backend NAME]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
+from dagster_project.images.cache import FactCache
 from dagster_project.images.dedup import DedupConfig, candidate_pairs
 from dagster_project.images.embed import Embedder, EmbedderConfig
 from dagster_project.images.evaluate import ham10000_metrics, load_ham10000, threshold_curve
@@ -51,11 +52,13 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=None, help="first N ISIC images only")
     parser.add_argument("--backend", default="efficientnet_lite0")
     parser.add_argument("--curve", action="store_true", help="print the threshold curve")
+    parser.add_argument("--cache", type=Path, default=None, help="embedding cache directory")
     args = parser.parse_args()
 
     started = time.perf_counter()
     embedder = Embedder(EmbedderConfig(backend=args.backend))
-    data = load_ham10000(args.root, embedder.embed, embedder.model_id, args.images)
+    cache = FactCache(args.cache) if args.cache else None
+    data = load_ham10000(args.root, embedder, args.images, cache)
     loaded = time.perf_counter()
     config = DedupConfig()
     pairs = candidate_pairs(data.facts, data.embeddings, config)

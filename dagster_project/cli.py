@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 import dagster as dg
+import polars as pl
 
 from dagster_project.partitions import dump_partitions
 from dagster_project.settings import Settings
@@ -166,8 +167,6 @@ def demo(n_requests: int, seed: int) -> None:
 def audit(metadata_csv: str, split_csv: str, group_col: str, id_col: str,
           pairs_paths: tuple[str, ...], default_split: str | None, out: Path) -> None:
     """Audit any dataset's split for group and duplicate leaks, and write a corrected split."""
-    import polars as pl
-
     from dagster_project.audit import audit_split, read_pairs_csv, read_split_csv, write_report
 
     report = audit_split(
@@ -182,3 +181,38 @@ def audit(metadata_csv: str, split_csv: str, group_col: str, id_col: str,
     state = "clean" if report.leaks.clean else "LEAKS FOUND"
     click.echo(f"{state}: report in {out / 'report.md'}; corrected split in "
                f"{out / 'corrected_split.csv'}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--backend", type=click.Choice(["efficientnet_lite0", "open_clip"]),
+              default="efficientnet_lite0", show_default=True)
+@click.option("--model", default="ViT-B-32", show_default=True, help="open_clip model.")
+@click.option("--pretrained", default="laion2b_s34b_b79k", show_default=True,
+              help="open_clip weights tag or local file.")
+@click.option("--phash-max-distance", type=int, default=None)
+@click.option("--cosine-threshold", type=float, default=None)
+@click.option("--workers", default=8, show_default=True)
+def dedup(folder: Path, out: Path, backend: str, model: str, pretrained: str,
+          phash_max_distance: int | None, cosine_threshold: float | None, workers: int) -> None:
+    """Find exact and near-duplicate photos in any FOLDER (e.g. a public dataset)."""
+    from dagster_project.images.dedup import DedupConfig
+    from dagster_project.images.embed import Embedder, EmbedderConfig
+    from dagster_project.images.folder import dedup_folder
+
+    embedder = Embedder(EmbedderConfig(backend=backend, model=model, pretrained=pretrained))
+    config = DedupConfig.calibrated(phash_max_distance, cosine_threshold)
+    found = dedup_folder(folder, embedder, config, workers=workers)
+    out.mkdir(parents=True, exist_ok=True)
+    found.files.write_parquet(out / "image_files.parquet")
+    found.pairs.write_parquet(out / "duplicate_pairs.parquet")
+    found.clusters.write_parquet(out / "duplicate_clusters.parquet")
+    statuses = dict(found.files["status"].value_counts().iter_rows())
+    kinds = dict(found.pairs["kind"].value_counts().iter_rows())
+    multi = found.clusters.filter(pl.col("cluster_size") > 1)
+    click.echo(f"files: {found.files.height} {statuses}")
+    click.echo(f"duplicate pairs: {found.pairs.height} {kinds}")
+    click.echo(f"clusters with copies: {multi['cluster_id'].n_unique()} "
+               f"holding {multi.height} files")
+    click.echo(f"model: {embedder.model_id}; wrote {out}")

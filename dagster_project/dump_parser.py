@@ -182,12 +182,11 @@ def _decode_copy_column(column: pa.BinaryArray) -> pa.BinaryArray:
     escapes are visited in Python.
     """
     nulls = pc.equal(column, _BACKSLASH_N)
-    backslashes = pc.count_substring(column, "\\")
-    if not pc.any(pc.and_not(pc.greater(backslashes, 0), nulls)).as_py():
+    data = column.buffers()[2]
+    if data is None or b"\\" not in data.to_pybytes():
         return pc.if_else(nulls, _NULL_BINARY, column)
-    pairs_only = pc.equal(backslashes, pc.multiply(pc.count_substring(column, "\\\\"), 2))
-    decoded = pc.if_else(pairs_only, pc.replace_substring(column, "\\\\", "\\"), column)
-    others = pc.and_not(pc.invert(pairs_only), nulls)
+    decoded = pc.replace_substring(column, "\\\\", "\\")
+    others = pc.and_not(pc.match_substring(pc.replace_substring(column, "\\\\", ""), "\\"), nulls)
     if pc.any(others).as_py():
         indices = pc.indices_nonzero(others)
         raws = column.take(indices).to_pylist()
@@ -307,7 +306,9 @@ _CONVERTERS: dict[pa.DataType, Callable[[pa.BinaryArray], pa.Array]] = {
 class _Binding:
     """Where a spec's columns sit in the dump's rows, and how to pick them out of a row."""
 
-    def __init__(self, spec: TableSpec, columns: Sequence[str], fail: Callable[[str], Exception]):
+    def __init__(
+        self, spec: TableSpec, columns: Sequence[str | None], fail: Callable[[str], Exception]
+    ):
         index = {name: i for i, name in enumerate(columns)}
         missing = [name for name in spec.required if name not in index]
         if missing:
@@ -339,10 +340,10 @@ class _Binding:
         )
 
     def copy_fields(
-        self, region: bytes, first: int, fail: Callable[[str, int], Exception]
+        self, region: bytes, count: int, first: int, fail: Callable[[str, int], Exception]
     ) -> list[pa.Array]:
-        """The wanted raw fields of COPY lines (`region` ends with a newline), one binary
-        array per picked column. `first` is the line (or row) number of the region's first."""
+        """The wanted raw fields of `count` COPY lines (`region` ends with a newline), one
+        binary array per picked column. `first` is the line (or row) number of the first."""
         # Arrow would also end rows at a CR, and skips a leading BOM: such regions, and any
         # Arrow rejects (a bad row, a row over the block size), take the exact path below.
         if b"\r" not in region and not region.startswith(b"\xef\xbb\xbf"):
@@ -350,7 +351,7 @@ class _Binding:
                 table = pacsv.read_csv(pa.py_buffer(region), *self.csv_options)
             except pa.ArrowInvalid:
                 table = None
-            if table is not None and table.num_rows == region.count(b"\n"):
+            if table is not None and table.num_rows == count:
                 return [column.combine_chunks() for column in table.columns]
         rows = [line.split(b"\t") for line in region[:-1].split(b"\n")]
         if set(map(len, rows)) != {self.width}:
@@ -393,11 +394,13 @@ class _Batches:
         self.rows: list[tuple[bytes | None, ...]] = []  # INSERT rows not yet converted
         self.row_lines: list[int] = []
 
-    def add_copy(self, region: bytes, first: int) -> Iterator[tuple[str, pa.RecordBatch]]:
-        """Add COPY lines (`region` ends with a newline); `first` is the first one's number."""
-        if region:
-            columns = self.binding.copy_fields(region, first, self.fail)
-            yield from self.add(columns, range(first, first + region.count(b"\n")))
+    def add_copy(
+        self, region: bytes, count: int, first: int
+    ) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """Add `count` COPY lines (`region` ends with a newline); `first`: the first's number."""
+        if count:
+            columns = self.binding.copy_fields(region, count, first, self.fail)
+            yield from self.add(columns, range(first, first + count))
 
     def add_row(
         self, row: tuple[bytes | None, ...], line: int
@@ -484,11 +487,12 @@ _VALUE = re.compile(
     rb"\s*(?:(?P<prefix>[A-Za-z])?'(?P<quoted>[^']*+(?:''[^']*+)*+)'|(?P<bare>[^\s,()']++))"
     rb"\s*(?P<end>[,)])"
 )
-_DEFAULT = object()  # DEFAULT: a generated column, which --inserts dumps leave to the server
+_DEFAULT = object()  # the DEFAULT keyword: --inserts writes it for generated columns
 _KEYWORD_VALUES = {b"NULL": None, b"DEFAULT": _DEFAULT}
 _ROW_START = re.compile(rb"\s*\(")
 _ROW_END = re.compile(rb"\s*(?P<sep>[,;])")
 _TABLE_ITEM = re.compile(rb"'[^']*+'|\"(?:[^\"]|\"\")*+\"|[(),]|[^'\"(),]++")
+_GENERATED = re.compile(rb"\bGENERATED\s+ALWAYS\s+AS\s*\(", re.I)
 _NOT_COLUMNS = {"constraint", "check", "unique", "primary", "foreign", "exclude", "like"}
 
 
@@ -507,27 +511,29 @@ def _qualified(raw: bytes, default_schema: str) -> tuple[str, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (default_schema, parts[0])
 
 
-def _create_table_columns(statement: bytes, body_start: int) -> list[str]:
-    """Column names of a CREATE TABLE, in order (table constraints left out)."""
-    columns: list[str] = []
-    depth, item_start = 1, True
+def _create_table_columns(statement: bytes, body_start: int) -> list[str | None]:
+    """Column names of a CREATE TABLE in order, table constraints left out. A generated column
+    is None: its values are not in the dump (--inserts writes DEFAULT in its place)."""
+    items: list[bytes] = []
+    current: list[bytes] = []
+    depth = 1
     for token in _TABLE_ITEM.finditer(statement, body_start):
         text = token.group()
-        if text == b"(":
-            depth += 1
-        elif text == b")":
-            depth -= 1
-            if depth == 0:
-                break
-        elif text == b"," and depth == 1:
-            item_start = True
-        elif item_start and text.strip():
-            item_start = False
-            first = _IDENTS.search(text)
-            name = _identifier(first.group()) if first else ""
-            quoted = text.lstrip().startswith(b'"')
-            if name and (quoted or name not in _NOT_COLUMNS):
-                columns.append(name)
+        depth += {b"(": 1, b")": -1}.get(text, 0)
+        if depth == 0:
+            break
+        if text == b"," and depth == 1:
+            items.append(b"".join(current).strip())
+            current = []
+        else:
+            current.append(text)
+    items.append(b"".join(current).strip())
+    columns: list[str | None] = []
+    for item in items:
+        first = _IDENTS.match(item)
+        name = _identifier(first.group()) if first else None
+        if name is not None and (item.startswith(b'"') or name not in _NOT_COLUMNS):
+            columns.append(None if _GENERATED.search(item) else name)
     return columns
 
 
@@ -560,7 +566,7 @@ class _PlainDump:
         self.buf, self.pos, self.line, self.eof = b"", 0, 1, False
         self.schema = "public"  # for unqualified names (SET search_path of old pg_dump)
         self.standard_strings = True
-        self.create_columns: dict[tuple[str, str], list[str]] = {}
+        self.create_columns: dict[tuple[str, str], list[str | None]] = {}
         self.inserts: _Batches | None = None  # rows of consecutive INSERTs into one table
         self.bindings: dict[tuple[tuple[str, str], bytes | None], _Binding] = {}
 
@@ -586,8 +592,9 @@ class _PlainDump:
         self.pos = 0
         return True
 
-    def _advance(self, end: int) -> None:
-        self.line += self.buf.count(b"\n", self.pos, end)
+    def _advance(self, end: int, newlines: int | None = None) -> None:
+        """Move to `end`, counting lines (`newlines`: how many, when already counted)."""
+        self.line += self.buf.count(b"\n", self.pos, end) if newlines is None else newlines
         self.pos = end
 
     def _at_statement(self) -> bool:
@@ -671,9 +678,10 @@ class _PlainDump:
             buf, pos = self.buf, self.pos
             end = pos if self.eof and buf[pos:] == b"\\." else _end_marker(buf, pos)
             stop = end if end != -1 else max(buf.rfind(b"\n", pos) + 1, pos)
+            count = buf.count(b"\n", pos, stop)
             if batches:
-                yield from batches.add_copy(buf[pos:stop], self.line)
-            self._advance(stop)
+                yield from batches.add_copy(buf[pos:stop], count, self.line)
+            self._advance(stop, count)
             if end != -1:
                 self._advance(min(stop + 3, len(self.buf)))
                 if batches:
@@ -721,7 +729,7 @@ class _PlainDump:
                 )
             picked = binding.pick(values)
             if _DEFAULT in picked:
-                raise self._error("a wanted column is generated (DEFAULT in the dump)", table, line)
+                raise self._error("DEFAULT instead of a value of a wanted column", table, line)
             yield picked, line
             separator = _ROW_END.match(statement, end)
             if separator is None:
@@ -928,8 +936,9 @@ class _CustomArchive:
         batches = _Batches(binding, self.batch_rows, fail, copy_text=True)
         row = 1
         for region in self._copy_text(compression, table):
-            yield from batches.add_copy(region, row)
-            row += region.count(b"\n")
+            count = region.count(b"\n")
+            yield from batches.add_copy(region, count, row)
+            row += count
         yield from batches.finish()
 
     def _copy_text(self, compression: int, table: str) -> Iterator[bytes]:

@@ -75,7 +75,8 @@ TIMES = [
 OPTIONAL_ABSENT = TableSpec(
     "rn_requests",
     required={"id": pa.int64()},
-    optional={"not_in_dump": pa.string(), "vendor_id": pa.string()},
+    # vendor_upper is a generated column: its values are never in a dump
+    optional={"not_in_dump": pa.string(), "vendor_upper": pa.string(), "vendor_id": pa.string()},
 )
 AUDIT_REQUESTS = TableSpec("rn_requests", required={"id": pa.int64()}, schema="Audit")
 
@@ -241,9 +242,15 @@ def dumps(postgres, source, tmp_path_factory) -> dict[str, Path]:
     }
     made["gz"] = out / "plain.sql.gz"
     made["gz"].write_bytes(gzip.compress(made["plain"].read_bytes()))
+    # pg_dump writes timestamptz in the database's time zone: more offset spellings.
+    for zone, spelling in [("UTC", b"+00\t"), ("America/St_Johns", b"-02:30\t")]:
+        postgres.psql(f"ALTER DATABASE {DATABASE} SET timezone = '{zone}';")
+        made[zone] = postgres.pg_dump(DATABASE, out / f"{zone.replace('/', '_')}.sql")
+        assert spelling in made[zone].read_bytes()
     # With standard_conforming_strings off, pg_dump doubles backslashes inside '...' strings.
     postgres.psql(f"ALTER DATABASE {DATABASE} SET standard_conforming_strings = off;")
     made["inserts_escaped"] = postgres.pg_dump(DATABASE, out / "inserts_escaped.sql", ["--inserts"])
+    assert b"SET standard_conforming_strings = off;" in made["inserts_escaped"].read_bytes()
     return made
 
 
@@ -286,6 +293,8 @@ FORMATS = [
     "custom_uncompressed",
     "gz",
     "inserts_escaped",
+    "UTC",
+    "America/St_Johns",
 ]
 
 
@@ -340,7 +349,7 @@ def test_optional_column_absent_is_null_and_schema_is_respected(dumps, source, f
     rows = collect(dumps[fmt], [OPTIONAL_ABSENT])["rn_requests"]
     vendors = {r["id"]: r["vendor_id"] for r in source["rn_requests"]}
     assert {r["id"]: r["vendor_id"] for r in rows} == vendors
-    assert all(r["not_in_dump"] is None for r in rows)
+    assert all(r["not_in_dump"] is None and r["vendor_upper"] is None for r in rows)
     audit = collect(dumps[fmt], [AUDIT_REQUESTS])["rn_requests"]
     assert audit == [{"id": 424242}]
 
@@ -383,6 +392,30 @@ def test_copy_escapes_decode_as_postgresql_does(postgres, tmp_path):
         expected = conn.execute(
             "SELECT code, name, name_he FROM disease_codes ORDER BY code"
         ).fetchall()
+    rows = collect(path, [DISEASE_CODES_TABLE])["disease_codes"]
+    assert [(r["code"], r["name"], r["name_he"]) for r in rows] == expected
+
+
+def test_sql_string_literals_decode_as_postgresql_does(postgres, tmp_path):
+    """INSERT literals written by hand (E'' escapes, '' quotes, multi-row); PostgreSQL is the
+    oracle for the values."""
+    script = (
+        "CREATE TABLE public.disease_codes (code text, name text, name_he text);\n"
+        "INSERT INTO public.disease_codes VALUES ('1', E'a\\\\b\\n\\t\\101\\x41\\u00e9"
+        "\\U0001F600 it''s', 'x');\n"
+        "INSERT INTO public.disease_codes (name_he, code, name) VALUES\n"
+        "\t(NULL, '2', 'plain \\ backslash\n second line'),\n"
+        "\t('', '3', e'\\\\N');\n"
+    )
+    database = "dump_parser_literals"
+    postgres.create_database(database)
+    path = tmp_path / "literals.sql"
+    path.write_text(script)
+    postgres.psql_file(path, database)
+    dsn = f"host=127.0.0.1 port={postgres.port} user={postgres.user} dbname={database}"
+    with psycopg.connect(dsn) as conn:
+        expected = conn.execute("SELECT code, name, name_he FROM disease_codes ORDER BY code")
+        expected = expected.fetchall()
     rows = collect(path, [DISEASE_CODES_TABLE])["disease_codes"]
     assert [(r["code"], r["name"], r["name_he"]) for r in rows] == expected
 

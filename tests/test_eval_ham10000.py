@@ -73,7 +73,7 @@ def ham150():
     from dagster_project.images.embed import Embedder, EmbedderConfig
 
     embedder = Embedder(EmbedderConfig(backend="efficientnet_lite0"))
-    return load_ham10000(ROOT, embedder.embed, embedder.model_id, images=150)
+    return load_ham10000(ROOT, embedder, images=150)
 
 
 def test_real_copies_found_with_the_default_thresholds(ham150):

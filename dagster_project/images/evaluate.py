@@ -17,15 +17,20 @@ different lesion.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from dagster_project.images.dedup import KINDS, DedupConfig, candidate_pairs, duplicate_clusters
+from dagster_project.images.embed import Embedder, embed_images
 from dagster_project.images.verify import inspect_images
+
+if TYPE_CHECKING:
+    from dagster_project.images.cache import FactCache
 
 MANIFEST_COLUMNS = ("path", "isic_id", "variant", "lesion_id", "md5")
 
@@ -113,12 +118,13 @@ class HamData:
 
 def load_ham10000(
     root: Path,
-    embed: Callable[[list[bytes]], np.ndarray],
-    model_id: str,
+    embedder: Embedder,
     images: int | None = None,
+    cache: FactCache | None = None,
 ) -> HamData:
     """Verify and embed the files of ``root/manifest.csv`` (the first ``images`` ISIC images
-    with all their files, or all). Byte copies are embedded once."""
+    with all their files, or all). Byte copies are embedded once; ``cache`` keeps vectors
+    between runs (by model and sha256)."""
     path = root / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is DERMA_REAL_DATA set to the datasets dir?")
@@ -134,11 +140,13 @@ def load_ham10000(
     failed = facts.filter(pl.col("status") != "ok")
     if failed.height:
         raise ValueError(f"{root}: {failed.height} unreadable file(s), e.g. {failed['key'][0]}")
-    distinct = facts.select("sha256", "key").unique("sha256", keep="first", maintain_order=True)
-    vectors = embed([(root / key).read_bytes() for key in distinct["key"]])
-    row = {sha: i for i, sha in enumerate(distinct["sha256"])}
+    key_of = dict(zip(facts["sha256"], facts["key"], strict=True))
+    vectors, distinct = embed_images(
+        facts["sha256"].to_list(), lambda sha: (root / key_of[sha]).read_bytes(), embedder, cache
+    )
+    row = {sha: i for i, sha in enumerate(distinct)}
     embeddings = vectors[[row[sha] for sha in facts["sha256"]]]
-    return HamData(manifest, facts, embeddings, model_id)
+    return HamData(manifest, facts, embeddings, embedder.model_id)
 
 
 @dataclass(frozen=True)

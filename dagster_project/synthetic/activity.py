@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dagster_project.synthetic.dump_writer import Json
-from dagster_project.synthetic.messy import PiiLog
+from dagster_project.synthetic.truth import PiiLog
 
 _FIRST = (
     "Yael",

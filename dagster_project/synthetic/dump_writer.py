@@ -9,10 +9,12 @@ which is how the tests prove the writer's fidelity.
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import json
 import pickle
 import random
+import shutil
 import string
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
+
+from dagster_project.postgres import temporary_postgres
 
 # The server's TimeZone: pg_dump prints timestamptz in it (offsets +02 / +03 across DST).
 DUMP_TIMEZONE = "Asia/Jerusalem"
@@ -279,11 +283,14 @@ def _pre_data(tables: tuple[Table, ...]) -> str:
     return text
 
 
-def _sequence_sets(tables: tuple[Table, ...], last_ids: dict[str, int]) -> list[str]:
+def _sequence_sets(tables: tuple[Table, ...], last_ids: dict[str, int]) -> list[tuple[str, str]]:
+    """(sequence name, setval statement): each sequence at its table's largest id."""
     return [
-        f"SELECT pg_catalog.setval('public.{t.sequence_name}', {last_ids[t.name]}, true);"
-        if t.name in last_ids
-        else f"SELECT pg_catalog.setval('public.{t.sequence_name}', 1, false);"
+        (
+            t.sequence_name,
+            f"SELECT pg_catalog.setval('public.{t.sequence_name}', "
+            + (f"{last_ids[t.name]}, true);" if t.name in last_ids else "1, false);"),
+        )
         for t in sorted(tables, key=lambda t: t.sequence_name)
         if t.sequence
     ]
@@ -329,91 +336,99 @@ def _post_data_statements(tables: tuple[Table, ...]) -> list[tuple[str, str, str
     return out
 
 
-class DumpWriter:
-    """Collects rows per table (spooled to disk, so memory stays flat) and writes the dump."""
+class _Spool(abc.ABC):
+    """Rows spooled per table to disk (memory stays flat), with the counts a dump needs."""
+
+    suffix = ""
 
     def __init__(self, tables: tuple[Table, ...] = TABLES) -> None:
         self.tables = tables
-        self._spool = tempfile.TemporaryDirectory(prefix="dermacurate-dump-")
-        self._files: dict[str, IO[str]] = {
-            t.name: open(Path(self._spool.name) / f"{t.name}.copy", "w", encoding="utf-8")  # noqa: SIM115
+        self._dir = tempfile.TemporaryDirectory(prefix="dermacurate-spool-")
+        self._files: dict[str, IO[bytes]] = {
+            t.name: open(self._path(t.name), "wb")  # noqa: SIM115 (closed by _close)
             for t in tables
         }
         self.last_ids: dict[str, int] = {}
         self.row_counts: dict[str, int] = dict.fromkeys(self._files, 0)
 
+    def _path(self, table: str) -> Path:
+        return Path(self._dir.name) / f"{table}{self.suffix}"
+
+    @abc.abstractmethod
+    def _write(self, handle: IO[bytes], row: tuple[Any, ...]) -> None: ...
+
     def add(self, table: str, row: tuple[Any, ...]) -> None:
-        self._files[table].write("\t".join(map(copy_field, row)) + "\n")
+        """Append one row (values in the table's column order; the first is its id)."""
+        self._write(self._files[table], row)
         self.row_counts[table] += 1
         self.last_ids[table] = max(self.last_ids.get(table, row[0]), row[0])
+
+    def _close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+
+
+class DumpWriter(_Spool):
+    """Writes the plain-format dump itself, COPY rows escaped as PostgreSQL does."""
+
+    suffix = ".copy"
+
+    def _write(self, handle: IO[bytes], row: tuple[Any, ...]) -> None:
+        handle.write(("\t".join(map(copy_field, row)) + "\n").encode())
 
     def finish(self, path: Path, key: str) -> Path:
         """Assemble header, schema, COPY blocks, sequence values, constraints and footer."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        for handle in self._files.values():
-            handle.close()
-        with open(path, "w", encoding="utf-8", newline="\n") as out:
+        self._close()
+        with open(path, "wb") as out:
             out.write(
                 f"--\n-- PostgreSQL database dump\n--\n\n\\restrict {key}\n\n"
                 f"-- Dumped from database version {SERVER_VERSION}\n"
-                f"-- Dumped by pg_dump version {SERVER_VERSION}\n\n{_HEADER_SETTINGS}"
+                f"-- Dumped by pg_dump version {SERVER_VERSION}\n\n{_HEADER_SETTINGS}".encode()
             )
-            out.write(_pre_data(self.tables))
+            out.write(_pre_data(self.tables).encode())
             for table in sorted(self.tables, key=lambda t: t.name):
                 out.write(
                     f"--\n-- Data for Name: {table.name}; Type: TABLE DATA; Schema: public; "
                     f"Owner: {OWNER}\n--\n\nCOPY public.{table.name} "
-                    f"({', '.join(table.column_names)}) FROM stdin;\n"
+                    f"({', '.join(table.column_names)}) FROM stdin;\n".encode()
                 )
-                with open(Path(self._spool.name) / f"{table.name}.copy", encoding="utf-8") as rows:
-                    while chunk := rows.read(1 << 20):
-                        out.write(chunk)
-                out.write("\\.\n\n\n")
-            for statement in _sequence_sets(self.tables, self.last_ids):
-                name = statement.split("'public.")[1].split("'")[0]
-                out.write(_entry(name, "SEQUENCE SET", statement))
+                with open(self._path(table.name), "rb") as rows:
+                    shutil.copyfileobj(rows, out)
+                out.write(b"\\.\n\n\n")
+            for name, statement in _sequence_sets(self.tables, self.last_ids):
+                out.write(_entry(name, "SEQUENCE SET", statement).encode())
             for name, kind, sql in _post_data_statements(self.tables):
-                out.write(_entry(name, kind, sql))
-            out.write(f"--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict {key}\n\n")
-        self._spool.cleanup()
+                out.write(_entry(name, kind, sql).encode())
+            out.write(
+                f"--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict {key}\n\n".encode()
+            )
+        self._dir.cleanup()
         return path
 
 
-class PostgresLoader:
-    """Spools rows, then loads them into a real PostgreSQL and dumps it with the real pg_dump.
+class PostgresLoader(_Spool):
+    """Loads the rows into a real PostgreSQL and dumps it with the real pg_dump.
 
-    Values go through psycopg's COPY adaptation and jsonb values as compact JSON text with
-    keys in Python order, so nothing of the writer's own encoding is reused.
+    Values go through psycopg's own COPY adaptation, jsonb values as JSON text in Python's
+    key order and spacing, so nothing of the writer's encoding is reused.
     """
 
-    def __init__(self, tables: tuple[Table, ...] = TABLES) -> None:
-        self.tables = tables
-        self._spool = tempfile.TemporaryDirectory(prefix="dermacurate-rows-")
-        self._files = {
-            t.name: open(Path(self._spool.name) / f"{t.name}.pickle", "wb")  # noqa: SIM115
-            for t in tables
-        }
-        self.last_ids: dict[str, int] = {}
-        self.row_counts: dict[str, int] = dict.fromkeys(self._files, 0)
+    suffix = ".pickle"
 
-    def add(self, table: str, row: tuple[Any, ...]) -> None:
-        pickle.dump(row, self._files[table], protocol=pickle.HIGHEST_PROTOCOL)
-        self.row_counts[table] += 1
-        self.last_ids[table] = max(self.last_ids.get(table, row[0]), row[0])
+    def _write(self, handle: IO[bytes], row: tuple[Any, ...]) -> None:
+        pickle.dump(row, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _rows(self, table: str) -> Iterator[tuple[Any, ...]]:
-        with open(Path(self._spool.name) / f"{table}.pickle", "rb") as handle:
+        with open(self._path(table), "rb") as handle:
             for _ in range(self.row_counts[table]):
                 row = pickle.load(handle)
                 yield tuple(json.dumps(v.value) if isinstance(v, Json) else v for v in row)
 
     def finish(self, path: Path) -> Path:
-        import psycopg
+        import psycopg  # a dev dependency: only this path needs it
 
-        from dagster_project.postgres import temporary_postgres
-
-        for handle in self._files.values():
-            handle.close()
+        self._close()
         with temporary_postgres() as server:
             server.psql(f"CREATE ROLE {OWNER}; CREATE ROLE {READER};")
             server.create_database("dd_api")
@@ -437,10 +452,10 @@ class PostgresLoader:
                     with cur.copy(f"COPY public.{table.name} ({names}) FROM STDIN") as copy:
                         for row in self._rows(table.name):
                             copy.write_row(row)
-                for statement in _sequence_sets(self.tables, self.last_ids):
+                for _, statement in _sequence_sets(self.tables, self.last_ids):
                     cur.execute(statement)
                 for _, _, sql in _post_data_statements(self.tables):
                     cur.execute(sql)
             server.pg_dump("dd_api", path)
-        self._spool.cleanup()
+        self._dir.cleanup()
         return path

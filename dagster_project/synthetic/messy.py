@@ -12,12 +12,13 @@ import base64
 import datetime as dt
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dagster_project.schema import CONTINUOUS, METADATA_SCHEMA
 from dagster_project.synthetic.diseases import Vocabulary
 from dagster_project.synthetic.population import Case, Review
+from dagster_project.synthetic.truth import PiiLog
 
 GCS_BUCKET = "dermadetect-20180424.appspot.com"
 GCS_PREFIX = "000RN"
@@ -113,29 +114,20 @@ _NAMES = ("Yael", "Noa", "Avi", "Moshe", "Dana", "Omer", "Tamar", "Eitan", "Maya
 _SURNAMES = ("Cohen", "Levi", "Mizrahi", "Peretz", "Biton", "Friedman", "Shapiro", "Azulay")
 
 
-@dataclass
-class PiiLog:
-    """Every PII string planted, for the tests that grep outputs for leaks."""
-
-    strings: list[str] = field(default_factory=list)
-
-    def add(self, *values: str) -> None:
-        for value in values:
-            self.strings.extend(line.strip() for line in value.splitlines() if line.strip())
-
-
 def _variant(rng: random.Random, text: str) -> str:
     """A spelling of a clean categorical that trims and lower-cases back to it."""
     roll = rng.random()
     if roll < 0.5:
         return text
     cased = rng.choice((text.upper(), text.title(), text.capitalize()))
+    if cased.lower() != text:  # e.g. "ß" upper-cases to "SS": not a spelling of the same
+        return text
     return rng.choice(("", *_PADS)) + cased + rng.choice(("", *_PADS)) if roll < 0.8 else cased
 
 
 def _number_text(value: float, decimal_mark: str) -> str:
-    text = str(int(value)) if value.is_integer() and decimal_mark == "" else repr(value)
-    return text.replace(".", decimal_mark) if decimal_mark else text
+    """A float as text with `.` or `,` as decimal mark ("37,5")."""
+    return repr(value).replace(".", decimal_mark)
 
 
 class Encoder:

@@ -10,17 +10,19 @@ requests; rare situations the pipeline must get right are forced to occur at lea
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 import uuid
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from dagster_project.synthetic.diseases import Vocabulary
+from dagster_project.synthetic.dump_writer import DUMP_TIMEZONE
 
 UTC = dt.UTC
 START = dt.datetime(2018, 5, 1, tzinfo=UTC)
 END = dt.datetime(2025, 6, 30, tzinfo=UTC)
-_LOCAL = ZoneInfo("Asia/Jerusalem")
+_LOCAL = ZoneInfo(DUMP_TIMEZONE)
 
 # How a request without usable images is stored (SOURCE_FORMAT.md section 7, rule 9).
 NO_IMAGE_FORMS = ("sql_null", "json_null", "images_number", "images_null", "no_images_key")
@@ -148,8 +150,9 @@ class _Builder:
         self.patients: list[Patient] = []
         self.patient_ids: set[int] = set()
         self.counters: dict[str, dict[str, int]] = {"test": {}, "form": {}, "review": {}}
-        weights = [1.0 / (rank + 1) ** 1.05 for rank in range(len(vocabulary.names))]
-        self.cum_weights = [sum(weights[: i + 1]) for i in range(len(weights))]
+        # Zipf-like: the label frequencies of the real service fall off by rank.
+        weights = (1.0 / (rank + 1) ** 1.05 for rank in range(len(vocabulary.names)))
+        self.cum_weights = list(itertools.accumulate(weights))
         self.gaps: list[int] = []
 
     def _patient_id(self) -> int:
@@ -176,9 +179,10 @@ class _Builder:
         self.patients.append(patient)
         return patient
 
-    def labels(self, k: int | None = None) -> list[str]:
+    def labels(self) -> list[str]:
+        """One to three distinct canonical diagnoses, primary first."""
         rng = self.rng
-        k = k or rng.choices((1, 2, 3), (75, 20, 5))[0]
+        k = rng.choices((1, 2, 3), (75, 20, 5))[0]
         picked = rng.choices(self.vocabulary.names, cum_weights=self.cum_weights, k=k + 2)
         return list(dict.fromkeys(picked))[:k]
 
@@ -199,6 +203,7 @@ class _Builder:
     def reviews(self, case: Case) -> list[Review]:
         rng = self.rng
         first = _jitter(rng, case.created_at + dt.timedelta(minutes=rng.uniform(20, 4320)))
+        # ~10% are re-reviewed; the first reviewed case always is, so every dump has one.
         if rng.random() >= 0.10 and self.counters["review"]:
             if rng.random() < 0.05:
                 form = rng.choices(("empty", "excluded", "null"), (4, 4, 2))[0]
