@@ -344,8 +344,8 @@ class _Binding:
     ) -> list[pa.Array]:
         """The wanted raw fields of `count` COPY lines (`region` ends with a newline), one
         binary array per picked column. `first` is the line (or row) number of the first."""
-        # Arrow would also end rows at a CR, and skips a leading BOM: such regions, and any
-        # Arrow rejects (a bad row, a row over the block size), take the exact path below.
+        # Arrow would also end rows at a CR and skip a leading BOM: such regions, and those
+        # Arrow rejects (a malformed row), take the exact path below, which names the line.
         if b"\r" not in region and not region.startswith(b"\xef\xbb\xbf"):
             try:
                 table = pacsv.read_csv(pa.py_buffer(region), *self.csv_options)
@@ -964,7 +964,7 @@ class _CustomArchive:
                 marker = _end_marker(data[:cut])
                 ended = marker != -1
                 yield data[:marker] if ended else data[:cut]
-                pieces, size = [data[cut:]], len(data) - cut
+                pieces, size = [data[cut:]], 0  # next cut after _CHUNK more bytes
         if not ended:
             if inflate:
                 pieces.append(inflate.flush())

@@ -12,6 +12,7 @@ import re
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta, timezone
+from operator import itemgetter
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -301,15 +302,14 @@ FORMATS = [
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_yields_exactly_the_inserted_rows(dumps, source, fmt):
     tables = collect(dumps[fmt], require_all=True)
-    assert list(tables) == [
-        "dermatologist_annotation",
-        "disease_codes",
-        "rn_requests",
-    ]  # dump order
+    # in dump order
+    assert list(tables) == ["dermatologist_annotation", "disease_codes", "rn_requests"]
     check_requests(tables["rn_requests"], source["rn_requests"])
     check_annotations(tables["dermatologist_annotation"], source["dermatologist_annotation"])
-    key = lambda row: row["code"]  # noqa: E731
-    assert sorted(tables["disease_codes"], key=key) == sorted(source["disease_codes"], key=key)
+    by_code = itemgetter("code")
+    assert sorted(tables["disease_codes"], key=by_code) == sorted(
+        source["disease_codes"], key=by_code
+    )
 
 
 @pytest.mark.parametrize(
@@ -529,6 +529,18 @@ def test_unrelated_tables_and_columns_are_not_decoded(tmp_path, plain_text, sour
     text = text[:row] + "only one field \\\n" + text[row:]
     data = text.encode("utf-8").replace(b"tok17\t", b"tok17\xff\xfe\t")
     check_requests(parse_text(tmp_path, data)["rn_requests"], source["rn_requests"])
+
+
+@pytest.mark.parametrize("value", ["raw\rcarriage return", "long " * 1_000_000])
+def test_raw_carriage_return_and_huge_values_stay_exact(tmp_path, plain_text, source, value):
+    """A raw CR inside a value (only \\n ends a row) and a value larger than Arrow's CSV block."""
+    text, _ = edit_row(plain_text, "public.rn_requests", MARKER, "vendor_id", value)
+    rows = parse_text(tmp_path, text)["rn_requests"]
+    expected = [
+        dict(row, vendor_id=value) if row["uuid"] == MARKER else row
+        for row in source["rn_requests"]
+    ]
+    check_requests(rows, expected)
 
 
 @pytest.mark.parametrize("fmt", ["inserts", "column_inserts"])

@@ -221,7 +221,7 @@ def _perceptual_pairs(
     if len(ok) == 0:
         return pl.DataFrame(schema=PAIR_SCHEMA)
     phash = facts["phash"].gather(ok).to_numpy()
-    dihedral = np.stack(facts["phash_dihedral"].gather(ok).to_list()).astype(np.int64)
+    dihedral = facts["phash_dihedral"].gather(ok).list.to_array(8).to_numpy()
     index = _binary_index(len(ok), max_distance, exact_search_max)
     index.add(_codes(dihedral.ravel()))
     queries = _codes(phash)
