@@ -43,10 +43,11 @@ def run_dump(
     from dagster_project.definitions import build_definitions
 
     instance.add_dynamic_partitions(dump_partitions.name, [dump_name])
-    job = build_definitions(settings).get_job_def("build_dataset")
+    job = build_definitions(settings).resolve_job_def("build_dataset")
     result = job.execute_in_process(
         instance=instance,
         partition_key=dump_name,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         asset_selection=[dg.AssetKey(name) for name in assets] if assets else None,
         raise_on_error=False,
     )

@@ -184,6 +184,9 @@ def _fill(
     turn: (a) 0 if its class has >= MIN_GROUPS_TO_SPREAD groups and none in that split yet;
     (b) the class's Sainte-Laguë fill (count + size/2) / target; (c) the overall fill
     count / target; (d) the split's index. Splits with ratio 0 are never chosen.
+    A class with fewer groups than 1 / (smallest ratio) cannot hold the ratios itself, so
+    for it (b) and (c) swap: its groups fill the splits overall (the long tail of rare
+    diagnoses would otherwise all land in train).
     """
     n_strata = max(strata, default=-1) + 1
     total = [0] * n_strata
@@ -204,15 +207,15 @@ def _fill(
             continue
         cc = count[c]
         spread = n_groups[c] >= MIN_GROUPS_TO_SPREAD
-        best = min(
-            open_splits,
-            key=lambda s, cc=cc, c=c, size=size, spread=spread: (
-                not (spread and cc[s] == 0),
-                (cc[s] + size / 2) / (ratios[s] * total[c]),
-                overall[s] / (ratios[s] * grand_total),
-                s,
-            ),
-        )
+        stratify = n_groups[c] * min(ratios[s] for s in open_splits) >= 1
+
+        def key(s: int, cc: list[int] = cc, c: int = c, size: int = size) -> tuple:
+            by_class = (cc[s] + size / 2) / (ratios[s] * total[c])
+            by_overall = (overall[s] + size / 2) / (ratios[s] * grand_total)
+            fills = (by_class, by_overall) if stratify else (by_overall, by_class)
+            return (not (spread and cc[s] == 0), *fills, s)
+
+        best = min(open_splits, key=key)
         cc[best] += size
         overall[best] += size
         out[i] = best

@@ -22,7 +22,7 @@ def test_definitions_load(tmp_path, monkeypatch):
     checks = {key.name: graph.get_check_spec(key) for key in graph.asset_check_keys}
     assert BLOCKING_CHECKS <= set(checks)
     assert all(checks[name].blocking for name in BLOCKING_CHECKS)
-    assert defs.get_job_def("build_dataset") is not None
+    assert defs.resolve_job_def("build_dataset") is not None
 
 
 def test_production_requires_locations(monkeypatch):

@@ -267,3 +267,21 @@ def test_bad_inputs_are_named():
         assign_splits(good, previous=pl.DataFrame({"patient_id": [1, 1], "split": ["val", "test"]}))
     with pytest.raises(ValueError, match="sum to 1"):
         SplitConfig(ratios=(0.8, 0.1, 0.2))
+
+
+def test_a_long_tail_of_rare_classes_still_fills_every_split():
+    # 300 patients, one image each, 150 classes of two patients: no class can hold 80/10/10
+    # by itself, so the ratios must come from filling the splits overall.
+    n = 300
+    images = pl.DataFrame(
+        {
+            "image_uuid": [f"img{i}" for i in range(n)],
+            "patient_id": list(range(n)),
+            "cluster_id": list(range(n)),
+            "diagnosis": [f"disease {i // 2}" for i in range(n)],
+        }
+    )
+    splits = assign_splits(images, SplitConfig(seed=3)).splits
+    shares = dict(splits["split"].value_counts(normalize=True).iter_rows())
+    for name, target in zip(SPLITS, (0.8, 0.1, 0.1), strict=True):
+        assert abs(shares[name] - target) <= 0.01, shares
