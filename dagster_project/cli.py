@@ -33,6 +33,13 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def _root_cause(error) -> str:
+    """The user's error (a bad dump line, a missing file), not Dagster's wrapper around it."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def run_dump(
     settings: Settings,
     dump_name: str,
@@ -53,7 +60,7 @@ def run_dump(
     )
     if not result.success:
         failures = [
-            f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
+            f"{event.step_key}: {_root_cause(event.event_specific_data.error)}"
             for event in result.all_events
             if event.is_step_failure
         ]

@@ -17,13 +17,11 @@ from resources.storage import DumpSource
 build_dataset_job = dg.define_asset_job(
     "build_dataset",
     selection=dg.AssetSelection.all(),
-    partitions_def=dump_partitions,
     description="Parse a dump and publish the curated dataset version it yields.",
 )
 recheck_job = dg.define_asset_job(
     "recheck_current_version",
     selection=dg.AssetSelection.checks_for_assets(dg.AssetKey("manifest")),
-    partitions_def=dump_partitions,
     description="Re-run the manifest checks of the newest dump's dataset.",
 )
 
