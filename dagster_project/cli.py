@@ -74,20 +74,30 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--requests", "n_requests", default=2000, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write a new source here.")
+@click.option("--grow", "grow_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Add a newer dump (old rows + new requests) to this source.")
+@click.option("--requests", "n_requests", default=2000, show_default=True,
+              help="Requests of a new source, or new requests when growing.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-images", is_flag=True, help="Write the dump only.")
 @click.option("--via-postgres", is_flag=True, help="Load a real PostgreSQL and pg_dump it.")
-def generate(out: Path, n_requests: int, seed: int, no_images: bool, via_postgres: bool) -> None:
+def generate(out: Path | None, grow_dir: Path | None, n_requests: int, seed: int,
+             no_images: bool, via_postgres: bool) -> None:
     """Write a synthetic dump, photo backup and ground truth that follow the source contract."""
-    from dagster_project.synthetic import generate as generate_source
+    from dagster_project import synthetic
 
-    source = generate_source(
-        out, requests=n_requests, seed=seed, images=not no_images, via_postgres=via_postgres
-    )
+    if (out is None) == (grow_dir is None):
+        raise click.UsageError("give exactly one of --out and --grow")
+    if grow_dir is not None:
+        source = synthetic.grow(grow_dir, n_requests, seed=seed, images=not no_images,
+                                via_postgres=via_postgres)
+    else:
+        source = synthetic.generate(out, requests=n_requests, seed=seed, images=not no_images,
+                                    via_postgres=via_postgres)
     click.echo(f"dump:    {source.dump_path}")
-    click.echo(f"backup:  {source.backup_dir} ({source.n_images} images)")
+    click.echo(f"backup:  {source.backup_dir} ({source.n_images} images written)")
     click.echo(f"truth:   {source.truth_dir}")
 
 

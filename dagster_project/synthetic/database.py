@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from dagster_project.synthetic.activity import request_log_rows, session_row, user_row
 from dagster_project.synthetic.diseases import Vocabulary
 from dagster_project.synthetic.dump_writer import DumpWriter, Json, PostgresLoader
 from dagster_project.synthetic.messy import MISSING, EncodedReview, encode_request, encode_review
-from dagster_project.synthetic.population import Population, Review
+from dagster_project.synthetic.population import Case, Population, Review
 from dagster_project.synthetic.truth import PiiLog, TruthTable
 
 _DERMATOLOGISTS = 12
@@ -50,58 +51,64 @@ def _review_note(rng: random.Random, pii: PiiLog) -> str:
     return note
 
 
-def write_database(
-    population: Population,
-    sink: DumpWriter | PostgresLoader,
-    truth: TruthTable,
-    pii: PiiLog,
-    key: str,
-) -> dict[str, str]:
-    """Emit every row of every table; returns image_uuid -> object path in the backup."""
-    rng = random.Random(f"{key}/tables")
-    vocabulary = population.vocabulary
-    for row in _disease_code_rows(vocabulary):
-        sink.add("disease_codes", row)
-    doctors = []
-    for user_id in range(1, _DERMATOLOGISTS + 1):
-        row = user_row(rng, user_id, dt.datetime(2018, 4, 24, 9, tzinfo=dt.UTC), pii, admin=True)
-        sink.add("users", row)
-        doctors.append(row[1])
-    orphans_after: dict[int, list[Review]] = {}
-    for review in population.orphan_reviews:
-        orphans_after.setdefault(rng.randrange(len(population.cases)), []).append(review)
-    seen_patients: set[int] = set()
-    files: dict[str, str] = {}
-    session_id, log_id = 1, 1
+class _Emitter:
+    """Writes rows to the sink and the truth; holds what spans cases (ids, users seen)."""
 
-    def add_review(review: Review, case_rng: random.Random) -> EncodedReview:
-        encoded = encode_review(review, vocabulary, case_rng)
+    def __init__(
+        self,
+        population: Population,
+        sink: DumpWriter | PostgresLoader,
+        truth: TruthTable,
+        pii: PiiLog,
+        keys: Sequence[str],
+        doctors: list[str],
+    ) -> None:
+        self.vocabulary = population.vocabulary
+        self.sink, self.truth, self.pii, self.keys, self.doctors = sink, truth, pii, keys, doctors
+        self.seen_patients: set[int] = set()
+        self.files: dict[str, str] = {}
+        self.session_id, self.log_id = 1, 1
+
+    def late_rng(self, review: Review) -> random.Random:
+        """The stream of a review added to a case of an earlier dump (its row and value)."""
+        return random.Random(f"{self.keys[review.step]}/review/{review.id}")
+
+    def review(self, review: Review, rng: random.Random) -> EncodedReview:
+        encoded = encode_review(review, self.vocabulary, rng)
         diagnoses = None if encoded.diagnoses is MISSING else Json(encoded.diagnoses)
-        created = review.modified_at - dt.timedelta(seconds=case_rng.randrange(0, 900))
-        sink.add(
+        created = review.modified_at - dt.timedelta(seconds=rng.randrange(0, 900))
+        self.sink.add(
             "dermatologist_annotation",
             (
                 review.id,
                 created,
                 review.modified_at,
                 review.request_id,
-                case_rng.choice(doctors),
-                _review_note(case_rng, pii) if case_rng.random() < 0.6 else None,
+                rng.choice(self.doctors),
+                _review_note(rng, self.pii) if rng.random() < 0.6 else None,
                 diagnoses,
-                case_rng.randrange(20, 1800),
+                rng.randrange(20, 1800),
             ),
         )
         return encoded
 
-    for case in population.cases:
-        case_rng = random.Random(f"{key}/case/{case.index}")
+    def case(self, case: Case, orphans: Sequence[Review]) -> None:
+        """The rows of a request as first dumped, its reviews of that dump, then `orphans`.
+
+        The truth row uses the case's latest review of all, which may be of a later dump.
+        """
+        sink = self.sink
+        case_rng = random.Random(f"{self.keys[case.step]}/case/{case.index}")
         patient = case.patient
-        if patient.id not in seen_patients:
-            seen_patients.add(patient.id)
+        if patient.id not in self.seen_patients:
+            self.seen_patients.add(patient.id)
             joined = case.created_at - dt.timedelta(days=case_rng.uniform(0, 30))
-            sink.add("users", user_row(case_rng, _DERMATOLOGISTS + patient.user_id, joined, pii))
-        request = encode_request(case, case_rng, pii)
+            sink.add(
+                "users", user_row(case_rng, _DERMATOLOGISTS + patient.user_id, joined, self.pii)
+            )
+        request = encode_request(case, case_rng, self.pii)
         document = None if request.document is MISSING else Json(request.document)
+        own = sorted((r for r in case.reviews if r.step == case.step), key=lambda r: r.id)
         sink.add(
             "rn_requests",
             (
@@ -109,7 +116,7 @@ def write_database(
                 case.uuid,
                 case.created_at,
                 case.modified_at,
-                "reviewed" if case.reviews else "pending",
+                "reviewed" if own else "pending",
                 patient.id,
                 patient.vendor,
                 case_rng.choice(("3.4.1", "3.2.0", "2.9.7")),
@@ -119,26 +126,28 @@ def write_database(
         )
         latest = case.latest
         icd9 = None
-        for review in sorted(case.reviews, key=lambda r: r.id):
-            encoded = add_review(review, case_rng)
+        for review in own:
+            encoded = self.review(review, case_rng)
             if review is latest:
                 icd9 = encoded.icd9
+        if latest is not None and latest.step != case.step:
+            icd9 = encode_review(latest, self.vocabulary, self.late_rng(latest)).icd9
         if case_rng.random() < 0.5:
             sink.add(
                 "sessions",
                 session_row(
                     case_rng,
-                    session_id,
+                    self.session_id,
                     _DERMATOLOGISTS + patient.user_id,
                     request.token,
                     request.ip,
                     case.created_at,
                 ),
             )
-            session_id += 1
+            self.session_id += 1
         for row in request_log_rows(
             case_rng,
-            log_id,
+            self.log_id,
             case.request_id,
             case.uuid,
             len(request.sources),
@@ -147,12 +156,12 @@ def write_database(
             case.created_at,
         ):
             sink.add("request_logs", row)
-            log_id += 1
+            self.log_id += 1
         for image, url in request.sources:
-            files[image] = url.removeprefix("gs://")
+            self.files[image] = url.removeprefix("gs://")
         if case.included:
             for image, url in request.sources:
-                truth.add(
+                self.truth.add(
                     image_uuid=image,
                     case_uuid=case.uuid,
                     patient_id=patient.id,
@@ -163,6 +172,44 @@ def write_database(
                     modified_at=case.modified_at,
                     source_gcs_path=url,
                 )
-        for review in orphans_after.get(case.index, ()):
-            add_review(review, case_rng)
-    return files
+        for review in orphans:
+            self.review(review, case_rng)
+
+
+def write_database(
+    population: Population,
+    sink: DumpWriter | PostgresLoader,
+    truth: TruthTable,
+    pii: PiiLog,
+    keys: Sequence[str],
+) -> dict[str, str]:
+    """Emit every row of every table; returns image_uuid -> object path in the backup.
+
+    `keys[n]` seeds the rows of dump step n (0: `generate`, n: the n-th `grow`). The rows
+    of step n follow those of every earlier step in each table, so an earlier dump's rows
+    are a prefix of each of the later dump's tables: new reviews of older cases first, then
+    the new requests. Orphan reviews belong to step 0.
+    """
+    rng = random.Random(f"{keys[0]}/tables")
+    for row in _disease_code_rows(population.vocabulary):
+        sink.add("disease_codes", row)
+    doctors = []
+    for user_id in range(1, _DERMATOLOGISTS + 1):
+        row = user_row(rng, user_id, dt.datetime(2018, 4, 24, 9, tzinfo=dt.UTC), pii, admin=True)
+        sink.add("users", row)
+        doctors.append(row[1])
+    emit = _Emitter(population, sink, truth, pii, keys, doctors)
+    first = [case for case in population.cases if case.step == 0]
+    orphans_after: dict[int, list[Review]] = {}
+    for review in population.orphan_reviews:
+        orphans_after.setdefault(rng.randrange(len(first)), []).append(review)
+    for case in first:
+        emit.case(case, orphans_after.get(case.index, ()))
+    for step in range(1, len(keys)):
+        late = [r for c in population.cases if c.step < step for r in c.reviews if r.step == step]
+        for review in sorted(late, key=lambda r: r.id):
+            emit.review(review, emit.late_rng(review))
+        for case in population.cases:
+            if case.step == step:
+                emit.case(case, ())
+    return emit.files

@@ -15,6 +15,7 @@ import math
 import random
 import struct
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -290,18 +291,26 @@ def image_rng(key: str, image_uuid: str) -> random.Random:
     return random.Random(f"{key}/image/{image_uuid}")
 
 
+def photo_bytes(key: str, image_uuid: str) -> bytes:
+    """The backup bytes of a healthy photo: the same whichever run writes or re-derives them."""
+    rng = image_rng(key, image_uuid)
+    return encode_photo(render_photo(rng.getrandbits(64)), rng)
+
+
 def write_backup(
     backup_dir: Path,
     files: dict[str, str],
     duplicates: dict[str, tuple[str, str]],
     bad: dict[str, str],
     key: str,
+    original_keys: Mapping[str, str],
 ) -> int:
     """Write every image file; returns how many files were written.
 
     `files` maps image_uuid to its path under `backup_dir` (the GCS object name);
     `duplicates` maps a planted copy to (original image_uuid, transform); `bad` maps an
-    image to its broken status. Originals are written before their copies.
+    image to its broken status. Originals are written before their copies; an original not
+    in `files` (a photo of an earlier dump) is re-derived from its key in `original_keys`.
     """
     written = 0
     made: set[Path] = set()
@@ -320,14 +329,18 @@ def write_backup(
     for image_uuid in files:
         if image_uuid in duplicates:
             continue
-        rng = image_rng(key, image_uuid)
-        photo = render_photo(rng.getrandbits(64))
         status = bad.get(image_uuid)
         if status:
+            rng = image_rng(key, image_uuid)
+            photo = render_photo(rng.getrandbits(64))
             put(image_uuid, bad_file(status, image_uuid, rng, _jpeg(photo, 90)))
         else:
-            put(image_uuid, encode_photo(photo, rng))
+            put(image_uuid, photo_bytes(key, image_uuid))
     for image_uuid, (original, transform) in duplicates.items():
-        source = (backup_dir / files[original]).read_bytes()
+        source = (
+            (backup_dir / files[original]).read_bytes()
+            if original in files
+            else photo_bytes(original_keys[original], original)
+        )
         put(image_uuid, transform_photo(source, transform, image_rng(key, image_uuid)))
     return written

@@ -43,13 +43,15 @@ _IMAGE_COUNT_WEIGHTS = (5, 25, 30, 19, 11, 5, 3, 1.5, 0.5)  # 0..8 images, mean 
 @dataclass(slots=True)
 class Review:
     """One dermatologist_annotation row. `labels` None is a NULL `diagnoses` column; an
-    empty list is written as `[]` or as non-diagnoses only (`unlabeled_form`)."""
+    empty list is written as `[]` or as non-diagnoses only (`unlabeled_form`). `step` is the
+    dump that first holds it: 0 for `generate`, n for the n-th `grow`."""
 
     id: int
     request_id: int
     modified_at: dt.datetime
     labels: list[str] | None
     unlabeled_form: str = "empty"
+    step: int = 0
 
 
 @dataclass(slots=True)
@@ -73,6 +75,7 @@ class Case:
     images: list[str]
     reviews: list[Review] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    step: int = 0  # the dump that first holds the request, as for Review
 
     @property
     def latest(self) -> Review | None:
@@ -111,7 +114,7 @@ def new_uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _forced(
+def forced(
     rng: random.Random,
     options: tuple[str, ...],
     weights: tuple[float, ...],
@@ -136,24 +139,51 @@ def dst_fallback(year: int) -> dt.datetime:
     return moment + dt.timedelta(hours=1)
 
 
-def _jitter(rng: random.Random, moment: dt.datetime) -> dt.datetime:
+def jitter(rng: random.Random, moment: dt.datetime) -> dt.datetime:
     """Half of the timestamps carry microseconds, like the service's."""
     return moment.replace(microsecond=rng.randrange(1, 1_000_000) if rng.random() < 0.5 else 0)
 
 
-class _Builder:
-    def __init__(self, rng: random.Random, vocabulary: Vocabulary, first_request_id: int):
+class Builder:
+    """Draws patients, cases and reviews; `resume` continues the id ranges of a population."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        vocabulary: Vocabulary,
+        first_request_id: int,
+        step: int = 0,
+        patients: list[Patient] | None = None,
+    ):
         self.rng = rng
         self.vocabulary = vocabulary
+        self.step = step
         self.next_request_id = first_request_id
         self.next_review_id = first_request_id
-        self.patients: list[Patient] = []
-        self.patient_ids: set[int] = set()
+        self.patients: list[Patient] = patients if patients is not None else []
+        self.patient_ids: set[int] = {patient.id for patient in self.patients}
         self.counters: dict[str, dict[str, int]] = {"test": {}, "form": {}, "review": {}}
         # Zipf-like: the label frequencies of the real service fall off by rank.
         weights = (1.0 / (rank + 1) ** 1.05 for rank in range(len(vocabulary.names)))
         self.cum_weights = list(itertools.accumulate(weights))
         self.gaps: list[int] = []
+
+    @classmethod
+    def resume(cls, rng: random.Random, population: Population, step: int) -> Builder:
+        """A builder whose new requests, reviews and patients follow every existing one
+        (orphan reviews' request ids included, so none of them gains a request); it appends
+        new patients to `population.patients`."""
+        reviews = [r for case in population.cases for r in case.reviews]
+        reviews += population.orphan_reviews
+        builder = cls(
+            rng,
+            population.vocabulary,
+            max([c.request_id for c in population.cases] + [r.request_id for r in reviews]) + 1,
+            step,
+            population.patients,
+        )
+        builder.next_review_id = max(review.id for review in reviews) + 1
+        return builder
 
     def _patient_id(self) -> int:
         rng = self.rng
@@ -175,7 +205,7 @@ class _Builder:
         vendor = rng.choices(["maccabi", "yeledoctor", "clalit", "dd-web"], [70, 28, 1.2, 0.8])[0]
         patient = Patient(self._patient_id(), len(self.patients) + 1, vendor)
         if rng.random() < 0.02 or len(self.patients) in (5, 9, 13):
-            patient.test_mode = _forced(rng, TEST_MODES, (1, 1, 1), self.counters["test"])
+            patient.test_mode = forced(rng, TEST_MODES, (1, 1, 1), self.counters["test"])
         self.patients.append(patient)
         return patient
 
@@ -193,55 +223,55 @@ class _Builder:
             labels = self.labels()
         return labels
 
-    def _review(
+    def review(
         self, request_id: int, moment: dt.datetime, labels: list[str] | None, form: str = "empty"
     ) -> Review:
-        review = Review(self.next_review_id, request_id, moment, labels, form)
+        review = Review(self.next_review_id, request_id, moment, labels, form, self.step)
         self.next_review_id += 1
         return review
 
     def reviews(self, case: Case) -> list[Review]:
         rng = self.rng
-        first = _jitter(rng, case.created_at + dt.timedelta(minutes=rng.uniform(20, 4320)))
+        first = jitter(rng, case.created_at + dt.timedelta(minutes=rng.uniform(20, 4320)))
         # ~10% are re-reviewed; the first reviewed case always is, so every dump has one.
         if rng.random() >= 0.10 and self.counters["review"]:
             if rng.random() < 0.05:
                 form = rng.choices(("empty", "excluded", "null"), (4, 4, 2))[0]
-                return [self._review(case.request_id, first, None if form == "null" else [], form)]
-            return [self._review(case.request_id, first, self.labels())]
-        scenario = _forced(rng, REVIEW_SCENARIOS, _REVIEW_WEIGHTS, self.counters["review"])
-        earlier = self._review(case.request_id, first, self.labels())
-        later_time = _jitter(rng, first + dt.timedelta(hours=rng.uniform(1, 2000)))
+                return [self.review(case.request_id, first, None if form == "null" else [], form)]
+            return [self.review(case.request_id, first, self.labels())]
+        scenario = forced(rng, REVIEW_SCENARIOS, _REVIEW_WEIGHTS, self.counters["review"])
+        earlier = self.review(case.request_id, first, self.labels())
+        later_time = jitter(rng, first + dt.timedelta(hours=rng.uniform(1, 2000)))
         if scenario == "latest_empty":
-            return [earlier, self._review(case.request_id, later_time, [], "empty")]
+            return [earlier, self.review(case.request_id, later_time, [], "empty")]
         if scenario == "latest_excluded":
-            return [earlier, self._review(case.request_id, later_time, [], "excluded")]
+            return [earlier, self.review(case.request_id, later_time, [], "excluded")]
         if scenario == "tie_highest_id":
             return [
                 earlier,
-                self._review(case.request_id, first, self.other_labels(earlier.labels)),
+                self.review(case.request_id, first, self.other_labels(earlier.labels)),
             ]
         if scenario == "dst_fallback":
             fallback = dst_fallback(case.created_at.year)
             if fallback < case.created_at:
                 fallback = dst_fallback(case.created_at.year + 1)
             # The later review reads earlier as local text (01:10+02 after 01:40+03).
-            winner = self._review(
+            winner = self.review(
                 case.request_id, fallback + dt.timedelta(minutes=10), self.labels()
             )
-            loser = self._review(
+            loser = self.review(
                 case.request_id,
                 fallback - dt.timedelta(minutes=20),
                 self.other_labels(winner.labels),
             )
             return [winner, loser]
-        later = self._review(case.request_id, later_time, self.other_labels(earlier.labels))
+        later = self.review(case.request_id, later_time, self.other_labels(earlier.labels))
         if scenario == "later_has_lower_id":
             earlier.id, later.id = later.id, earlier.id
         result = [earlier, later]
         if rng.random() < 0.2:
-            third_time = _jitter(rng, later_time + dt.timedelta(hours=rng.uniform(1, 500)))
-            result.append(self._review(case.request_id, third_time, self.labels()))
+            third_time = jitter(rng, later_time + dt.timedelta(hours=rng.uniform(1, 500)))
+            result.append(self.review(case.request_id, third_time, self.labels()))
         return result
 
     def case(self, index: int, created_at: dt.datetime) -> Case:
@@ -263,7 +293,7 @@ class _Builder:
             is_test = rng.choice((None, False, False))
         form = "json"
         if rng.random() < 0.012 or index in range(11, 11 + len(NO_IMAGE_FORMS)):
-            form = _forced(rng, NO_IMAGE_FORMS, (1,) * len(NO_IMAGE_FORMS), self.counters["form"])
+            form = forced(rng, NO_IMAGE_FORMS, (1,) * len(NO_IMAGE_FORMS), self.counters["form"])
         n_images = 0 if form != "json" else rng.choices(range(9), _IMAGE_COUNT_WEIGHTS)[0]
         modified_roll = rng.random()
         modified_at = (
@@ -271,7 +301,7 @@ class _Builder:
             if modified_roll < 0.03
             else created_at
             if modified_roll < 0.10
-            else _jitter(rng, created_at + dt.timedelta(seconds=rng.uniform(1, 7200)))
+            else jitter(rng, created_at + dt.timedelta(seconds=rng.uniform(1, 7200)))
         )
         case = Case(
             index=index,
@@ -283,6 +313,7 @@ class _Builder:
             modified_at=modified_at,
             form=form,
             images=[new_uuid(rng) for _ in range(n_images)],
+            step=self.step,
         )
         if rng.random() < 0.72:
             case.reviews = self.reviews(case)
@@ -293,7 +324,7 @@ class _Builder:
         targets = self.gaps + [last_request_id + k for k in range(1, 50)]
         moment = START + dt.timedelta(days=rng.uniform(0, (END - START).days))
         return [
-            self._review(rng.choice(targets), _jitter(rng, moment), self.labels())
+            self.review(rng.choice(targets), jitter(rng, moment), self.labels())
             for _ in range(count)
         ]
 
@@ -304,13 +335,13 @@ def build_population(
     """Draw the skeleton of `requests` cases; deterministic for the state of `rng`."""
     if requests < 1:
         raise ValueError(f"requests must be at least 1, not {requests}")
-    builder = _Builder(rng, vocabulary, first_request_id)
+    builder = Builder(rng, vocabulary, first_request_id)
     span = (END - START).total_seconds()
     # More recent years are busier: the service grew.
     moments = sorted(
         START + dt.timedelta(seconds=span * rng.random() ** 0.7) for _ in range(requests)
     )
-    cases = [builder.case(index, _jitter(rng, moment)) for index, moment in enumerate(moments)]
+    cases = [builder.case(index, jitter(rng, moment)) for index, moment in enumerate(moments)]
     n_reviews = sum(len(case.reviews) for case in cases)
     orphans = builder.orphans(max(1, n_reviews // 200), cases[-1].request_id)
     return Population(cases, builder.patients, orphans, vocabulary)
@@ -333,26 +364,26 @@ _BAD_WEIGHTS = (35, 15, 20, 20, 10)
 
 
 def plant_duplicates(
-    population: Population, rng: random.Random, rate: float = 0.03
+    cases: list[Case], rng: random.Random, rate: float = 0.03
 ) -> dict[str, tuple[str, str]]:
-    """Re-uploads of ~`rate` of the photos: new image_uuid -> (original, transform).
+    """Re-uploads of ~`rate` of the photos of `cases`: new image_uuid -> (original, transform).
 
-    Originals are photos of cases that reach the manifest; each copy joins a case that
-    reaches it too: a case of the same patient, or of another patient for
-    `exact_copy_other_patient`. The copy's uuid is appended to that case's images.
+    Originals are photos of cases that reach the manifest; each copy joins one of `cases`
+    that reaches it too: a case of the same patient, or of another patient for
+    `exact_copy_other_patient`. The copy's uuid is appended to that case's duplicates.
     """
-    included = [case for case in population.cases if case.included]
+    included = [case for case in cases if case.included]
     by_patient: dict[int, list[Case]] = {}
     for case in included:
         by_patient.setdefault(case.patient.id, []).append(case)
     originals = [(case, image) for case in included for image in case.images]
     rng.shuffle(originals)
-    total = sum(len(case.images) for case in population.cases)
+    total = sum(len(case.images) for case in cases)
     wanted = min(len(originals), max(len(TRANSFORMS), round(rate * total)))
     counter: dict[str, int] = {}
     planted: dict[str, tuple[str, str]] = {}
     for case, image in originals[:wanted]:
-        transform = _forced(rng, TRANSFORMS, _TRANSFORM_WEIGHTS, counter)
+        transform = forced(rng, TRANSFORMS, _TRANSFORM_WEIGHTS, counter)
         if transform == "exact_copy_other_patient":
             others = [c for c in included if c.patient.id != case.patient.id]
             if not others:
@@ -367,13 +398,13 @@ def plant_duplicates(
 
 
 def pick_bad_images(
-    population: Population, avoid: set[str], rng: random.Random, rate: float = 0.01
+    cases: list[Case], avoid: set[str], rng: random.Random, rate: float = 0.01
 ) -> dict[str, str]:
-    """~`rate` of the images (never a planted duplicate or its original) -> broken status."""
-    candidates = [image for case in population.cases for image in case.images if image not in avoid]
+    """~`rate` of the images of `cases` (never one in `avoid`) -> broken status."""
+    candidates = [image for case in cases for image in case.images if image not in avoid]
     rng.shuffle(candidates)
     wanted = min(len(candidates), max(len(BAD_STATUSES), round(rate * len(candidates))))
     counter: dict[str, int] = {}
     return {
-        image: _forced(rng, BAD_STATUSES, _BAD_WEIGHTS, counter) for image in candidates[:wanted]
+        image: forced(rng, BAD_STATUSES, _BAD_WEIGHTS, counter) for image in candidates[:wanted]
     }

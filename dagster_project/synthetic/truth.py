@@ -8,6 +8,8 @@ of the pipeline's metadata stage.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,14 @@ from dagster_project.schema import IMAGE_RECORDS_SCHEMA
 
 _CHUNK_ROWS = 20_000
 PII_FILE = "pii_strings.txt"
+PARAMS_FILE = "params.json"
+TRUTH_FILES = (
+    "expected_image_records.parquet",
+    "planted_duplicates.parquet",
+    "bad_images.parquet",
+    PII_FILE,
+    PARAMS_FILE,
+)
 
 
 class PiiLog:
@@ -102,9 +112,12 @@ def write_truth(
     records: pl.DataFrame,
     duplicates: dict[str, tuple[str, str]],
     bad: dict[str, str],
+    params: dict[str, Any],
 ) -> None:
-    """Write the expected records, planted duplicates and broken files (see the package doc)."""
+    """Write the expected records, planted duplicates, broken files and the parameters that
+    regenerate the dump (see the package doc)."""
     truth_dir.mkdir(parents=True, exist_ok=True)
+    (truth_dir / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n")
     records.write_parquet(truth_dir / "expected_image_records.parquet")
     pl.DataFrame(
         {
@@ -118,3 +131,9 @@ def write_truth(
         {"image_uuid": list(bad), "expected_status": list(bad.values())},
         schema={"image_uuid": pl.String, "expected_status": pl.String},
     ).write_parquet(truth_dir / "bad_images.parquet")
+
+
+def promote(dump_truth: Path, truth_dir: Path) -> None:
+    """Copy one dump's truth to the top of `truth_dir`, which describes the newest dump."""
+    for name in TRUTH_FILES:
+        shutil.copyfile(dump_truth / name, truth_dir / name)
