@@ -80,9 +80,9 @@ def main() -> int:
     if args.curve:
         curve = threshold_curve(
             data,
-            phash_distances=range(0, 13, 2),
+            phash_distances=range(0, 9, 2),
             cosines=[0.85, 0.88, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99],
-            perceptual_min_cosines=[-1.0, 0.3, 0.5, 0.7],
+            perceptual_min_cosines=[-1.0, 0.5, 0.7],
         )
         print("threshold curve on original/flipped pairs, each detector alone:")
         print(curve.drop("positives").with_columns(pl.selectors.float().round(4)))

@@ -250,7 +250,9 @@ def _merge(frames: list[pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def _cosine(embeddings: np.ndarray, position: np.ndarray, a: np.ndarray, b: np.ndarray):
+def _cosine(
+    embeddings: np.ndarray, position: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
     """Cosine of each pair (a, b of facts rows; ``position`` maps a row to its embedding)."""
     out = np.empty(len(a), dtype=np.float32)
     for start in range(0, len(a), _QUERY_BATCH):

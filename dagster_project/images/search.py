@@ -77,7 +77,8 @@ def build_search(
         index = faiss.IndexFlatIP(d)
         index.add(vectors)
         return NeighbourSearch(index, "flat")
-    nlist = int(round(4 * np.sqrt(n)))
+    # About 4*sqrt(N) lists, fewer where N is too small to train that many.
+    nlist = max(1, min(int(round(4 * np.sqrt(n))), n // _TRAIN_PER_LIST))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = _TRAIN_ITERATIONS
     index.cp.seed = seed
