@@ -1,6 +1,5 @@
 """Asset checks on the manifest. Blocking ones gate publication: a failure publishes nothing."""
 
-
 import io
 
 import dagster as dg
@@ -29,7 +28,10 @@ def _manifest_check(name: str, blocking: bool, description: str):
     logic = getattr(quality_checks, name)
 
     @dg.asset_check(
-        asset=manifest, name=name, blocking=blocking, description=description,
+        asset=manifest,
+        name=name,
+        blocking=blocking,
+        description=description,
         partitions_def=dump_partitions,
     )
     def check(manifest: pl.DataFrame) -> dg.AssetCheckResult:
@@ -52,8 +54,10 @@ ranges_hold = _manifest_check("ranges_hold", True, "Continuous values within the
 
 
 @dg.asset_check(
-    asset=manifest, description="Split ratios (in patients) within tolerance.",
-    partitions_def=dump_partitions, additional_ins={"splits": dg.AssetIn("splits")},
+    asset=manifest,
+    description="Split ratios (in patients) within tolerance.",
+    partitions_def=dump_partitions,
+    additional_ins={"splits": dg.AssetIn("splits")},
 )
 def split_ratios(
     manifest: pl.DataFrame, splits: pl.DataFrame, curation: CurationConfig
@@ -63,7 +67,8 @@ def split_ratios(
 
 
 @dg.asset_check(
-    asset=manifest, description="Every class of the label file is present in every split.",
+    asset=manifest,
+    description="Every class of the label file is present in every split.",
     partitions_def=dump_partitions,
 )
 def labels_in_every_split(manifest: pl.DataFrame, curation: CurationConfig) -> dg.AssetCheckResult:
@@ -72,7 +77,8 @@ def labels_in_every_split(manifest: pl.DataFrame, curation: CurationConfig) -> d
 
 
 @dg.asset_check(
-    asset=manifest, description="Row count within tolerance of the previous published version.",
+    asset=manifest,
+    description="Row count within tolerance of the previous published version.",
     partitions_def=dump_partitions,
 )
 def row_count_vs_previous(

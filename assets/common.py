@@ -1,6 +1,5 @@
 """Small helpers shared by the asset modules."""
 
-
 from collections.abc import Mapping
 
 import dagster as dg
@@ -33,7 +32,7 @@ def upstream_metadata(
         return {}
     metadata = records[0].asset_materialization.metadata
     return {
-        key[len(prefix):]: int(value.value)
+        key[len(prefix) :]: int(value.value)
         for key, value in metadata.items()
         if key.startswith(prefix)
     }

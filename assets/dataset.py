@@ -1,6 +1,5 @@
 """Stage `dataset`: leakage-free splits, the manifest, the image copy, the published version."""
 
-
 import hashlib
 import io
 import json
@@ -69,8 +68,11 @@ def splits(
         metadata={
             "moves": result.moves.height,
             "moved_patients": dg.MetadataValue.json(result.moves.head(50).to_dicts()),
-            **{f"summary/{k}": v for k, v in result.summary.items()
-               if isinstance(v, int | float | str)},
+            **{
+                f"summary/{k}": v
+                for k, v in result.summary.items()
+                if isinstance(v, int | float | str)
+            },
         },
     )
 
@@ -85,8 +87,12 @@ def manifest(
 ) -> dg.Output[pl.DataFrame]:
     """One row per published image: metadata, label, curation columns and split; no PII."""
     rows, counts = build_manifest(
-        image_records, image_files, duplicate_clusters, splits,
-        duplicate_policy=curation.duplicate_policy, conflict_policy=curation.conflict_policy,
+        image_records,
+        image_files,
+        duplicate_clusters,
+        splits,
+        duplicate_policy=curation.duplicate_policy,
+        conflict_policy=curation.conflict_policy,
     )
     per_split = dict(rows["split"].value_counts().iter_rows())
     return dg.Output(
@@ -110,27 +116,38 @@ def curated_images(
     """Every manifest photo as images/<image_uuid>.jpg; re-runs copy only what is missing."""
     mapper = GcsPathMapper()
     items = [
-        CopyItem(mapper.key(row["source_gcs_path"]), f"images/{row['image_uuid']}.jpg",
-                 sha256=row["sha256"])
+        CopyItem(
+            mapper.key(row["source_gcs_path"]),
+            f"images/{row['image_uuid']}.jpg",
+            sha256=row["sha256"],
+        )
         for row in manifest.select("source_gcs_path", "image_uuid", "sha256").iter_rows(named=True)
     ]
     report = copy_images(
-        backup.store(), curated.store(), items, workers=curation.copy_workers,
-        progress=lambda done, total: context.log.info(f"copied {done}/{total}")
-        if done % max(1, total // 10) == 0 or done == total else None,
+        backup.store(),
+        curated.store(),
+        items,
+        workers=curation.copy_workers,
+        progress=lambda done, total: (
+            context.log.info(f"copied {done}/{total}")
+            if done % max(1, total // 10) == 0 or done == total
+            else None
+        ),
     )
     if report.failed:
         reasons = "; ".join(f"{key}: {reason}" for key, reason in report.failed[:10])
         raise RuntimeError(f"{len(report.failed)} images could not be copied: {reasons}")
     return dg.MaterializeResult(
-        metadata={"copied": report.copied, "skipped": report.skipped, "failed": 0,
-                  "bytes": report.bytes}
+        metadata={
+            "copied": report.copied,
+            "skipped": report.skipped,
+            "failed": 0,
+            "bytes": report.bytes,
+        }
     )
 
 
-@dg.asset(
-    group_name="dataset", kinds={"parquet"}, deps=[curated_images], **DUMP_PARTITIONED
-)
+@dg.asset(group_name="dataset", kinds={"parquet"}, deps=[curated_images], **DUMP_PARTITIONED)
 def dataset_version(
     context: dg.AssetExecutionContext,
     manifest: pl.DataFrame,
@@ -160,10 +177,14 @@ def dataset_version(
     }
     digest = hashlib.sha256(b"".join(files[name] for name in sorted(files))).hexdigest()
     with tempfile.TemporaryDirectory() as scratch:
-        stats_context = {"source_dump": context.partition_key, "digest": digest,
-                         "duplicate_policy": curation.duplicate_policy,
-                         "conflict_policy": curation.conflict_policy,
-                         "split_ratios": curation.split_ratios, "split_seed": curation.split_seed}
+        stats_context = {
+            "source_dump": context.partition_key,
+            "digest": digest,
+            "duplicate_policy": curation.duplicate_policy,
+            "conflict_policy": curation.conflict_policy,
+            "split_ratios": curation.split_ratios,
+            "split_seed": curation.split_seed,
+        }
         write_datasheet(manifest, stats, disease_taxonomy, Path(scratch), stats_context)
         for path in sorted(Path(scratch).iterdir()):
             files[path.name] = path.read_bytes()

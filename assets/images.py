@@ -37,7 +37,9 @@ def image_files(
     """Status, checksum, size, perceptual hashes and quality of each photo, read once."""
     store = backup.store()
     mapper = GcsPathMapper()
-    images = image_records.select("image_uuid", "source_gcs_path").unique("image_uuid", keep="first")
+    images = image_records.select("image_uuid", "source_gcs_path").unique(
+        "image_uuid", keep="first", maintain_order=True
+    )
     keys = [mapper.key(path) for path in images["source_gcs_path"]]
     listing = {stat.key: (stat.size, stat.version) for stat in store.list()}
     with FactCache(curation.cache_path("image_facts")) as cache:
@@ -53,7 +55,7 @@ def image_files(
     )
 
 
-@dg.asset(group_name="images", kinds={"pytorch"}, **DUMP_PARTITIONED)
+@dg.asset(group_name="images", kinds={"pytorch"}, pool="gpu", **DUMP_PARTITIONED)
 def image_embeddings(
     context: dg.AssetExecutionContext,
     image_files: pl.DataFrame,

@@ -1,6 +1,5 @@
 """Stage `metadata`: diagnoses normalized, the taxonomy, one record per (case, image)."""
 
-
 import dagster as dg
 import polars as pl
 

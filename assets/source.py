@@ -1,6 +1,5 @@
 """Stage `source`: the three tables this project needs, read from a dump in one pass."""
 
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -33,7 +32,8 @@ def source_tables(context: dg.AssetExecutionContext, dumps: DumpSource) -> Itera
     tables = read_source(path)
     context.log.info(f"parsed {path.name}: {dict(sorted(tables.counts.items()))}")
     yield dg.Output(
-        tables.requests, "raw_requests",
+        tables.requests,
+        "raw_requests",
         metadata={"dump": path.name, **counts_metadata(tables.counts)},
     )
     yield dg.Output(tables.annotations, "raw_annotations", metadata={"dump": path.name})

@@ -28,8 +28,11 @@ class Alert:
     def text(self) -> str:
         lines = [self.title, ""]
         for label, value in (
-            ("asset", self.asset), ("check", self.check), ("partition", self.partition),
-            ("severity", self.severity), ("run", self.run_url),
+            ("asset", self.asset),
+            ("check", self.check),
+            ("partition", self.partition),
+            ("severity", self.severity),
+            ("run", self.run_url),
         ):
             if value:
                 lines.append(f"{label}: {value}")

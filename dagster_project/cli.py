@@ -16,8 +16,12 @@ from dagster_project.partitions import dump_partitions
 from dagster_project.settings import Settings
 
 METADATA_ASSETS = (
-    "raw_requests", "raw_annotations", "disease_codes",
-    "normalized_diagnoses", "disease_taxonomy", "image_records",
+    "raw_requests",
+    "raw_annotations",
+    "disease_codes",
+    "normalized_diagnoses",
+    "disease_taxonomy",
+    "image_records",
 )
 
 
@@ -74,28 +78,47 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write a new source here.")
-@click.option("--grow", "grow_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Add a newer dump (old rows + new requests) to this source.")
-@click.option("--requests", "n_requests", default=2000, show_default=True,
-              help="Requests of a new source, or new requests when growing.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write a new source here."
+)
+@click.option(
+    "--grow",
+    "grow_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Add a newer dump (old rows + new requests) to this source.",
+)
+@click.option(
+    "--requests",
+    "n_requests",
+    default=2000,
+    show_default=True,
+    help="Requests of a new source, or new requests when growing.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-images", is_flag=True, help="Write the dump only.")
 @click.option("--via-postgres", is_flag=True, help="Load a real PostgreSQL and pg_dump it.")
-def generate(out: Path | None, grow_dir: Path | None, n_requests: int, seed: int,
-             no_images: bool, via_postgres: bool) -> None:
+def generate(
+    out: Path | None,
+    grow_dir: Path | None,
+    n_requests: int,
+    seed: int,
+    no_images: bool,
+    via_postgres: bool,
+) -> None:
     """Write a synthetic dump, photo backup and ground truth that follow the source contract."""
     from dagster_project import synthetic
 
     if (out is None) == (grow_dir is None):
         raise click.UsageError("give exactly one of --out and --grow")
     if grow_dir is not None:
-        source = synthetic.grow(grow_dir, n_requests, seed=seed, images=not no_images,
-                                via_postgres=via_postgres)
+        source = synthetic.grow(
+            grow_dir, n_requests, seed=seed, images=not no_images, via_postgres=via_postgres
+        )
     else:
-        source = synthetic.generate(out, requests=n_requests, seed=seed, images=not no_images,
-                                    via_postgres=via_postgres)
+        source = synthetic.generate(
+            out, requests=n_requests, seed=seed, images=not no_images, via_postgres=via_postgres
+        )
     click.echo(f"dump:    {source.dump_path}")
     click.echo(f"backup:  {source.backup_dir} ({source.n_images} images written)")
     click.echo(f"truth:   {source.truth_dir}")
@@ -111,8 +134,12 @@ def parse(dump: Path, out: Path, test_patients: str | None, algo_python: str | N
     dump = dump.resolve()
     with tempfile.TemporaryDirectory(prefix="dermacurate-parse-") as scratch:
         settings = replace(
-            Settings.from_env(), dumps=str(dump.parent), storage=scratch,
-            test_patients_file=test_patients, algo_python=algo_python, home=Path(scratch),
+            Settings.from_env(),
+            dumps=str(dump.parent),
+            storage=scratch,
+            test_patients_file=test_patients,
+            algo_python=algo_python,
+            home=Path(scratch),
         )
         run_dump(settings, dump.name, dg.DagsterInstance.ephemeral(), METADATA_ASSETS)
         out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +153,8 @@ def _latest_dump(settings: Settings) -> str:
     from resources.storage import DumpSource
 
     dumps = DumpSource(
-        uri=settings.dumps, endpoint_url=settings.s3_endpoint_url,
+        uri=settings.dumps,
+        endpoint_url=settings.s3_endpoint_url,
         download_dir=str(settings.home / "downloads"),
     ).list_dumps()
     if not dumps:
@@ -171,19 +199,45 @@ def demo(n_requests: int, seed: int) -> None:
 
 
 @main.command()
-@click.option("--metadata", "metadata_csv", type=click.Path(exists=True, dir_okay=False),
-              required=True, help="CSV with the id column and the group column.")
-@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False),
-              required=True, help="CSV image_id,split (or split,index,image_id).")
+@click.option(
+    "--metadata",
+    "metadata_csv",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="CSV with the id column and the group column.",
+)
+@click.option(
+    "--split",
+    "split_csv",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="CSV image_id,split (or split,index,image_id).",
+)
 @click.option("--group-col", required=True, help="The group column: lesion, patient, ...")
 @click.option("--id-col", default="image_id", show_default=True)
-@click.option("--pairs", "pairs_paths", multiple=True, type=click.Path(exists=True),
-              help="Known duplicate pairs image_a,image_b (a CSV or a folder of CSVs).")
-@click.option("--default-split", type=click.Choice(["train", "val", "test"]), default=None,
-              help="Split of metadata images the split file does not list.")
+@click.option(
+    "--pairs",
+    "pairs_paths",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Known duplicate pairs image_a,image_b (a CSV or a folder of CSVs).",
+)
+@click.option(
+    "--default-split",
+    type=click.Choice(["train", "val", "test"]),
+    default=None,
+    help="Split of metadata images the split file does not list.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-def audit(metadata_csv: str, split_csv: str, group_col: str, id_col: str,
-          pairs_paths: tuple[str, ...], default_split: str | None, out: Path) -> None:
+def audit(
+    metadata_csv: str,
+    split_csv: str,
+    group_col: str,
+    id_col: str,
+    pairs_paths: tuple[str, ...],
+    default_split: str | None,
+    out: Path,
+) -> None:
     """Audit any dataset's split for group and duplicate leaks, and write a corrected split."""
     from dagster_project.audit import audit_split, read_pairs_csv, read_split_csv, write_report
 
@@ -197,23 +251,40 @@ def audit(metadata_csv: str, split_csv: str, group_col: str, id_col: str,
     )
     write_report(report, out)
     state = "clean" if report.leaks.clean else "LEAKS FOUND"
-    click.echo(f"{state}: report in {out / 'report.md'}; corrected split in "
-               f"{out / 'corrected_split.csv'}")
+    click.echo(
+        f"{state}: report in {out / 'report.md'}; corrected split in {out / 'corrected_split.csv'}"
+    )
 
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True)
-@click.option("--backend", type=click.Choice(["efficientnet_lite0", "open_clip"]),
-              default="efficientnet_lite0", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["efficientnet_lite0", "open_clip"]),
+    default="efficientnet_lite0",
+    show_default=True,
+)
 @click.option("--model", default="ViT-B-32", show_default=True, help="open_clip model.")
-@click.option("--pretrained", default="laion2b_s34b_b79k", show_default=True,
-              help="open_clip weights tag or local file.")
+@click.option(
+    "--pretrained",
+    default="laion2b_s34b_b79k",
+    show_default=True,
+    help="open_clip weights tag or local file.",
+)
 @click.option("--phash-max-distance", type=int, default=None)
 @click.option("--cosine-threshold", type=float, default=None)
 @click.option("--workers", default=8, show_default=True)
-def dedup(folder: Path, out: Path, backend: str, model: str, pretrained: str,
-          phash_max_distance: int | None, cosine_threshold: float | None, workers: int) -> None:
+def dedup(
+    folder: Path,
+    out: Path,
+    backend: str,
+    model: str,
+    pretrained: str,
+    phash_max_distance: int | None,
+    cosine_threshold: float | None,
+    workers: int,
+) -> None:
     """Find exact and near-duplicate photos in any FOLDER (e.g. a public dataset)."""
     from dagster_project.images.dedup import DedupConfig
     from dagster_project.images.embed import Embedder, EmbedderConfig
@@ -231,6 +302,7 @@ def dedup(folder: Path, out: Path, backend: str, model: str, pretrained: str,
     multi = found.clusters.filter(pl.col("cluster_size") > 1)
     click.echo(f"files: {found.files.height} {statuses}")
     click.echo(f"duplicate pairs: {found.pairs.height} {kinds}")
-    click.echo(f"clusters with copies: {multi['cluster_id'].n_unique()} "
-               f"holding {multi.height} files")
+    click.echo(
+        f"clusters with copies: {multi['cluster_id'].n_unique()} holding {multi.height} files"
+    )
     click.echo(f"model: {embedder.model_id}; wrote {out}")

@@ -22,20 +22,24 @@ from resources.storage import DumpSource, ObjectStoreResource
 
 ASSET_MODULES = [source, metadata, images, dataset, checks]
 
+
 def build_resources(settings: Settings) -> dict[str, object]:
     """Local directories and CPU by default; S3 and GPU when the environment says production."""
     endpoint = settings.s3_endpoint_url
     return {
         "io_manager": ParquetIOManager(base=settings.storage, endpoint_url=endpoint),
         "dumps": DumpSource(
-            uri=settings.dumps, endpoint_url=endpoint,
+            uri=settings.dumps,
+            endpoint_url=endpoint,
             download_dir=str(settings.home / "downloads"),
         ),
         "backup": ObjectStoreResource(uri=settings.backup, endpoint_url=endpoint),
         "curated": ObjectStoreResource(uri=settings.curated, endpoint_url=endpoint),
         "embedder": EmbedderResource(
-            backend=settings.embed_backend, model=settings.embed_model,
-            pretrained=settings.embed_pretrained, device=settings.embed_device,
+            backend=settings.embed_backend,
+            model=settings.embed_model,
+            pretrained=settings.embed_pretrained,
+            device=settings.embed_device,
         ),
         "alerts": AlertNotifier(
             webhook_url=settings.alert_webhook_url,

@@ -39,9 +39,11 @@ def build_manifest(
     rows = (
         records.join(image_columns, on="image_uuid", how="inner")
         .join(
-            clusters.select("image_uuid", "cluster_id", "representative", "homogeneous",
-                            "outlier_score"),
-            on="image_uuid", how="left",
+            clusters.select(
+                "image_uuid", "cluster_id", "representative", "homogeneous", "outlier_score"
+            ),
+            on="image_uuid",
+            how="left",
         )
         .join(splits.select("patient_id", "split"), on="patient_id", how="left")
     )

@@ -57,9 +57,12 @@ class PostgresServer:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL through psql (stdin), stopping at the first error."""
         result = subprocess.run(
-            self._cmd("psql", *self._conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                      "-At"),
-            input=sql.encode(), capture_output=True, check=False,
+            self._cmd(
+                "psql", *self._conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"
+            ),
+            input=sql.encode(),
+            capture_output=True,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr.decode(errors='replace')[-2000:]}")
@@ -68,15 +71,16 @@ class PostgresServer:
     def psql_file(self, path: Path, database: str = "postgres") -> None:
         with open(path, "rb") as handle:
             result = subprocess.run(
-                self._cmd("psql", *self._conn_args(database), "-X", "-q", "-v",
-                          "ON_ERROR_STOP=1"),
-                stdin=handle, capture_output=True, check=False,
+                self._cmd("psql", *self._conn_args(database), "-X", "-q", "-v", "ON_ERROR_STOP=1"),
+                stdin=handle,
+                capture_output=True,
+                check=False,
             )
         if result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr.decode(errors='replace')[-2000:]}")
 
     def create_database(self, name: str) -> None:
-        self.psql(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE template0;')
+        self.psql(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0;")
 
     def pg_dump(self, database: str, out: Path, args: Sequence[str] = ()) -> Path:
         """Dump `database` to `out` with the real pg_dump (extra args: -Fc, --inserts, ...)."""
@@ -84,7 +88,9 @@ class PostgresServer:
         with open(out, "wb") as handle:
             result = subprocess.run(
                 self._cmd("pg_dump", *self._conn_args(database), *args),
-                stdout=handle, stderr=subprocess.PIPE, check=False,
+                stdout=handle,
+                stderr=subprocess.PIPE,
+                check=False,
             )
         if result.returncode != 0:
             raise RuntimeError(f"pg_dump failed: {result.stderr.decode(errors='replace')}")
@@ -99,8 +105,10 @@ def temporary_postgres() -> Iterator[PostgresServer]:
     """
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        raise RuntimeError("PostgreSQL binaries (initdb, postgres, pg_dump) not found; "
-                           "install postgresql or set PG_BIN_DIR")
+        raise RuntimeError(
+            "PostgreSQL binaries (initdb, postgres, pg_dump) not found; "
+            "install postgresql or set PG_BIN_DIR"
+        )
     run_as = None
     if os.geteuid() == 0:
         run_as = "postgres"
@@ -113,23 +121,49 @@ def temporary_postgres() -> Iterator[PostgresServer]:
         os.chmod(workdir, 0o700)
     server = PostgresServer(bin_dir, _free_port(), "postgres", run_as)
     subprocess.run(
-        server._cmd("initdb", "-D", str(data_dir), "-U", "postgres", "-A", "trust",
-                    "-E", "UTF8", "--locale=C"),
-        check=True, capture_output=True,
+        server._cmd(
+            "initdb",
+            "-D",
+            str(data_dir),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ),
+        check=True,
+        capture_output=True,
     )
     process = subprocess.Popen(
-        server._cmd("postgres", "-D", str(data_dir), "-p", str(server.port),
-                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={workdir}",
-                    "-c", "fsync=off", "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        server._cmd(
+            "postgres",
+            "-D",
+            str(data_dir),
+            "-p",
+            str(server.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={workdir}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
         while True:
             ready = subprocess.run(
                 [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(server.port)],
-                capture_output=True, check=False,
+                capture_output=True,
+                check=False,
             )
             if ready.returncode == 0:
                 break

@@ -51,7 +51,8 @@ class DumpCursor:
         seen = set(self.keys_at_watermark)
         fresh = sorted(
             (
-                stat for stat in stats
+                stat
+                for stat in stats
                 if stat.last_modified.timestamp() > self.watermark
                 or (stat.last_modified.timestamp() == self.watermark and stat.key not in seen)
             ),
@@ -67,7 +68,8 @@ class DumpCursor:
 
 
 @dg.sensor(
-    job=build_dataset_job, minimum_interval_seconds=30,
+    job=build_dataset_job,
+    minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Adds a partition for each new dump file and starts its build.",
 )
@@ -85,8 +87,9 @@ def dump_sensor(context: dg.SensorEvaluationContext, dumps: DumpSource) -> dg.Se
     )
 
 
-@dg.schedule(job=recheck_job, cron_schedule="0 3 * * *",
-             default_status=dg.DefaultScheduleStatus.RUNNING)
+@dg.schedule(
+    job=recheck_job, cron_schedule="0 3 * * *", default_status=dg.DefaultScheduleStatus.RUNNING
+)
 def nightly_recheck(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
     """Re-checks the dataset of the newest dump, so a rule added since is applied to it."""
     partitions = context.instance.get_dynamic_partitions(dump_partitions.name)
@@ -95,8 +98,11 @@ def nightly_recheck(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg
     return dg.RunRequest(partition_key=partitions[-1])
 
 
-@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Notifies maintainers of every failed asset check.")
+@dg.sensor(
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Notifies maintainers of every failed asset check.",
+)
 def check_failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertNotifier) -> None:
     records = context.instance.get_event_records(
         dg.EventRecordsFilter(
@@ -122,7 +128,8 @@ def check_failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertNotif
                     run_url=alerts.run_url(run_id),
                     severity=evaluation.severity.value,
                     description=(
-                        "Blocking: nothing was published." if evaluation.blocking
+                        "Blocking: nothing was published."
+                        if evaluation.blocking
                         else "Warning: the version was published."
                     ),
                 ),
@@ -131,8 +138,10 @@ def check_failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertNotif
         context.update_cursor(str(record.storage_id))
 
 
-@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING,
-                       description="Notifies maintainers of every failed run.")
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Notifies maintainers of every failed run.",
+)
 def run_failure_alerts(context: dg.RunFailureSensorContext, alerts: AlertNotifier) -> None:
     run = context.dagster_run
     failed_steps = sorted({event.step_key for event in context.get_step_failure_events()})

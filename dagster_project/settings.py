@@ -51,7 +51,9 @@ class Settings:
     def from_env(cls) -> Settings:
         environment = _env("DERMACURATE_ENV", "local")
         if environment not in {"local", "production"}:
-            raise ValueError(f"DERMACURATE_ENV must be 'local' or 'production', not {environment!r}")
+            raise ValueError(
+                f"DERMACURATE_ENV must be 'local' or 'production', not {environment!r}"
+            )
         home = Path(_env("DERMACURATE_HOME", str(DEFAULT_HOME))).expanduser().resolve()
         production = environment == "production"
         default_test_patients = home / "source" / "test_patients.json"

@@ -31,7 +31,8 @@ def read_source(path: str | Path, batch_rows: int = 50_000) -> SourceTables:
     """Parse `path` once, flattening requests batch by batch so the JSON is never all held."""
     requests: list[pl.DataFrame] = []
     batches: dict[str, list[pa.RecordBatch]] = {
-        ANNOTATIONS_TABLE.name: [], DISEASE_CODES_TABLE.name: []
+        ANNOTATIONS_TABLE.name: [],
+        DISEASE_CODES_TABLE.name: [],
     }
     counts: Counter[str] = Counter()
     specs = (REQUESTS_TABLE, ANNOTATIONS_TABLE, DISEASE_CODES_TABLE)

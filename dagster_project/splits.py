@@ -209,7 +209,14 @@ def _fill(
         spread = n_groups[c] >= MIN_GROUPS_TO_SPREAD
         stratify = n_groups[c] * min(ratios[s] for s in open_splits) >= 1
 
-        def key(s: int, cc: list[int] = cc, c: int = c, size: int = size) -> tuple:
+        def key(
+            s: int,
+            cc: list[int] = cc,
+            c: int = c,
+            size: int = size,
+            spread: bool = spread,
+            stratify: bool = stratify,
+        ) -> tuple:
             by_class = (cc[s] + size / 2) / (ratios[s] * total[c])
             by_overall = (overall[s] + size / 2) / (ratios[s] * grand_total)
             fills = (by_class, by_overall) if stratify else (by_overall, by_class)

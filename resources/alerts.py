@@ -26,12 +26,17 @@ class AlertNotifier(dg.ConfigurableResource):
         if self.webhook_url:
             post_webhook(self.webhook_url, alert)
             sent.append("webhook")
-        recipients = tuple(address.strip() for address in self.mail_to.split(",") if address.strip())
+        recipients = tuple(
+            address.strip() for address in self.mail_to.split(",") if address.strip()
+        )
         if self.smtp_host and recipients:
             send_email(
                 SmtpSettings(
-                    host=self.smtp_host, port=self.smtp_port, sender=self.mail_from,
-                    recipients=recipients, username=self.smtp_user,
+                    host=self.smtp_host,
+                    port=self.smtp_port,
+                    sender=self.mail_from,
+                    recipients=recipients,
+                    username=self.smtp_user,
                     password=self.smtp_password,
                 ),
                 alert,

@@ -29,9 +29,14 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def config(self) -> EmbedderConfig:
         return EmbedderConfig(
-            backend=self.backend, model=self.model, pretrained=self.pretrained,
-            device=self.device, batch_size=self.batch_size, image_size=self.image_size,
-            flip_invariant=self.flip_invariant, workers=self.workers,
+            backend=self.backend,
+            model=self.model,
+            pretrained=self.pretrained,
+            device=self.device,
+            batch_size=self.batch_size,
+            image_size=self.image_size,
+            flip_invariant=self.flip_invariant,
+            workers=self.workers,
             cache_dir=self.weights_cache_dir,
         )
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from polars.testing import assert_frame_equal
 from pii_scan import pii_found, planted_pii
+from polars.testing import assert_frame_equal
 
 from dagster_project.cli import main
 from dagster_project.schema import IMAGE_RECORDS_SCHEMA
@@ -51,10 +51,17 @@ def _gzip(src: Path, dest: Path) -> Path:
 def test_parse_matches_the_independent_expectation(dumps, fmt, tmp_path):
     source, made = dumps
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, [
-        "parse", str(made[fmt]), "--out", str(out),
-        "--test-patients", str(source.test_patients_path),
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "parse",
+            str(made[fmt]),
+            "--out",
+            str(out),
+            "--test-patients",
+            str(source.test_patients_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = pl.read_parquet(out / "image_records.parquet")
     expected = pl.read_parquet(source.truth_dir / "expected_image_records.parquet")
@@ -64,8 +71,12 @@ def test_parse_matches_the_independent_expectation(dumps, fmt, tmp_path):
     assert_frame_equal(records.sort(keys), expected.sort(keys), check_exact=False, rel_tol=1e-9)
     outputs = sorted(out.iterdir())
     assert {p.name for p in outputs} >= {
-        "image_records.parquet", "raw_requests.parquet", "raw_annotations.parquet",
-        "disease_codes.parquet", "normalized_diagnoses.parquet", "disease_taxonomy.json",
+        "image_records.parquet",
+        "raw_requests.parquet",
+        "raw_annotations.parquet",
+        "disease_codes.parquet",
+        "normalized_diagnoses.parquet",
+        "disease_taxonomy.json",
     }
     assert pii_found(outputs, planted_pii(source.truth_dir)) == []
     for pii_column in ("modified_by", "free_text", "user_crypt", "headers"):

@@ -26,16 +26,29 @@ from dagster_project.synthetic import generate, grow
 from resources.alerts import AlertNotifier
 
 VERSION_FILES = {
-    "manifest.parquet", "splits.parquet", "duplicate_clusters.parquet", "feature_schema.json",
-    "disease_taxonomy.json", "stats.json", "datasheet.md", "_COMPLETE",
+    "manifest.parquet",
+    "splits.parquet",
+    "duplicate_clusters.parquet",
+    "feature_schema.json",
+    "disease_taxonomy.json",
+    "stats.json",
+    "datasheet.md",
+    "_COMPLETE",
 }
 
 
 def _settings(home: Path) -> Settings:
     with pytest.MonkeyPatch.context() as env:
-        for name in ("DERMACURATE_DUMPS", "DERMACURATE_BACKUP", "DERMACURATE_CURATED",
-                     "DERMACURATE_STORAGE", "DERMACURATE_CACHE", "DERMACURATE_TEST_PATIENTS",
-                     "DERMACURATE_ENV", "DERMACURATE_EMBED_BACKEND"):
+        for name in (
+            "DERMACURATE_DUMPS",
+            "DERMACURATE_BACKUP",
+            "DERMACURATE_CURATED",
+            "DERMACURATE_STORAGE",
+            "DERMACURATE_CACHE",
+            "DERMACURATE_TEST_PATIENTS",
+            "DERMACURATE_ENV",
+            "DERMACURATE_EMBED_BACKEND",
+        ):
             env.delenv(name, raising=False)
         env.setenv("DERMACURATE_HOME", str(home))
         return Settings.from_env()
@@ -63,7 +76,7 @@ def test_a_complete_version_is_published(built):
     source, settings, _ = built
     store = LocalStore(settings.curated)
     assert latest_version(store) == 1
-    assert VERSION_FILES <= {p.name for p in (Path(settings.curated) / "v1").iterdir()}
+    assert {p.name for p in (Path(settings.curated) / "v1").iterdir()} >= VERSION_FILES
     manifest = _version_frame(store, 1, "manifest.parquet")
     assert manifest.schema == pl.Schema(MANIFEST_SCHEMA)
     assert manifest.height > 200
@@ -96,17 +109,26 @@ def test_no_patient_and_no_planted_copy_spans_two_splits(built):
         # Photos of one case share the case's group whatever the detectors say: count the
         # copies that only duplicate detection can keep together.
         .join(case_of, on="image_uuid")
-        .join(case_of.rename({"image_uuid": "original_uuid", "case_uuid": "original_case"}),
-              on="original_uuid")
+        .join(
+            case_of.rename({"image_uuid": "original_uuid", "case_uuid": "original_case"}),
+            on="original_uuid",
+        )
         .filter(pl.col("case_uuid") != pl.col("original_case"))
         .join(clusters.select("image_uuid", "cluster_id"), on="image_uuid")
-        .join(clusters.select(pl.col("image_uuid").alias("original_uuid"),
-                              pl.col("cluster_id").alias("original_cluster")),
-              on="original_uuid")
+        .join(
+            clusters.select(
+                pl.col("image_uuid").alias("original_uuid"),
+                pl.col("cluster_id").alias("original_cluster"),
+            ),
+            on="original_uuid",
+        )
         .join(image_split.unique("image_uuid"), on="image_uuid")
-        .join(image_split.unique("image_uuid").select(
-            pl.col("image_uuid").alias("original_uuid"), pl.col("split").alias("original_split")),
-            on="original_uuid")
+        .join(
+            image_split.unique("image_uuid").select(
+                pl.col("image_uuid").alias("original_uuid"), pl.col("split").alias("original_split")
+            ),
+            on="original_uuid",
+        )
     )
     assert planted.height >= 3, planted
     found = planted.filter(pl.col("cluster_id") == pl.col("original_cluster"))
@@ -196,5 +218,6 @@ def test_pii_in_a_free_text_answer_blocks_publication_and_alerts(built):
         server.shutdown()
     alerts = [p for p in _Hook.payloads if p["check"] == "no_pii"]
     assert [a["partition"] for a in alerts] == [bad_dump.name]
-    assert all(leaked not in json.dumps(p) and "john.doe" not in json.dumps(p)
-               for p in _Hook.payloads)
+    assert all(
+        leaked not in json.dumps(p) and "john.doe" not in json.dumps(p) for p in _Hook.payloads
+    )

@@ -17,8 +17,9 @@ from resources.storage import DumpSource
 
 
 def _stat(key: str, second: int) -> ObjectStat:
-    return ObjectStat(key=key, size=1, last_modified=datetime.fromtimestamp(second, UTC),
-                      version=str(second))
+    return ObjectStat(
+        key=key, size=1, last_modified=datetime.fromtimestamp(second, UTC), version=str(second)
+    )
 
 
 def test_cursor_processes_each_dump_once_including_same_second_arrivals():
@@ -106,10 +107,17 @@ class _SmtpHandler(socketserver.StreamRequestHandler):
 
 
 def _alert() -> Alert:
-    return Alert(kind="check_failed", title="check no_split_leaks failed on manifest",
-                 asset="manifest", check="no_split_leaks", partition="dd_api-x.sql",
-                 run_id="abc", run_url="http://127.0.0.1:3000/runs/abc", severity="ERROR",
-                 description="Blocking: nothing was published.")
+    return Alert(
+        kind="check_failed",
+        title="check no_split_leaks failed on manifest",
+        asset="manifest",
+        check="no_split_leaks",
+        partition="dd_api-x.sql",
+        run_id="abc",
+        run_url="http://127.0.0.1:3000/runs/abc",
+        severity="ERROR",
+        description="Blocking: nothing was published.",
+    )
 
 
 def test_alert_reaches_webhook_and_email():
@@ -120,7 +128,8 @@ def test_alert_reaches_webhook_and_email():
     try:
         notifier = AlertNotifier(
             webhook_url=f"http://127.0.0.1:{http.server_port}/hook",
-            smtp_host="127.0.0.1", smtp_port=smtp.server_address[1],
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.server_address[1],
             mail_to="maintainer@example.org",
         )
         assert notifier.notify(_alert()) == ["webhook", "email"]
