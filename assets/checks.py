@@ -1,11 +1,15 @@
-"""Asset checks on the manifest. Blocking ones gate publication: a failure publishes nothing."""
+"""Checks on the manifest. Blocking ones gate publication: a failure publishes nothing.
+
+All run in one step (one process on the multiprocess executor) since they read the same
+manifest; each is still its own check in the UI, with its own severity.
+"""
 
 import io
+from collections.abc import Iterator
 
 import dagster as dg
 import polars as pl
 
-from assets.dataset import manifest
 from dagster_project import quality_checks
 from dagster_project.labels import load_label_file
 from dagster_project.partitions import dump_partitions
@@ -13,80 +17,66 @@ from dagster_project.publish import latest_version, read_version_file
 from resources.curation import CurationConfig
 from resources.storage import ObjectStoreResource
 
+BLOCKING = {
+    "no_split_leaks": "No patient and no duplicate cluster in more than one split.",
+    "no_pii": "No PII column; no value that looks like an e-mail, JWT, IP or phone.",
+    "unique_image_uuid": "image_uuid is unique.",
+    "required_columns": "Exactly the manifest columns, with their types.",
+    "ranges_hold": "Continuous values within their ranges.",
+}
+WARNING = {
+    "split_ratios": "Split ratios (in patients) within tolerance.",
+    "labels_in_every_split": "Every class of the label file is present in every split.",
+    "row_count_vs_previous": "Row count within tolerance of the previous published version.",
+}
 
-def _result(outcome: quality_checks.CheckOutcome, blocking: bool) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
-        description=outcome.description,
-        metadata=outcome.metadata,
-    )
 
-
-def _manifest_check(name: str, blocking: bool, description: str):
-    """A check that runs one pure function of quality_checks on the manifest."""
-    logic = getattr(quality_checks, name)
-
-    @dg.asset_check(
-        asset=manifest,
-        name=name,
-        blocking=blocking,
+def _spec(name: str, description: str, blocking: bool) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        name,
+        asset="manifest",
         description=description,
+        blocking=blocking,
         partitions_def=dump_partitions,
+        additional_deps=["splits"],
     )
-    def check(manifest: pl.DataFrame) -> dg.AssetCheckResult:
-        return _result(logic(manifest), blocking)
-
-    return check
 
 
-no_split_leaks = _manifest_check(
-    "no_split_leaks", True, "No patient and no duplicate cluster in more than one split."
-)
-no_pii = _manifest_check(
-    "no_pii", True, "No PII column; no value that looks like an e-mail, JWT, IP or phone."
-)
-unique_image_uuid = _manifest_check("unique_image_uuid", True, "image_uuid is unique.")
-required_columns = _manifest_check(
-    "required_columns", True, "Exactly the manifest columns, with their types."
-)
-ranges_hold = _manifest_check("ranges_hold", True, "Continuous values within their ranges.")
-
-
-@dg.asset_check(
-    asset=manifest,
-    description="Split ratios (in patients) within tolerance.",
-    partitions_def=dump_partitions,
-    additional_ins={"splits": dg.AssetIn("splits")},
-)
-def split_ratios(
-    manifest: pl.DataFrame, splits: pl.DataFrame, curation: CurationConfig
-) -> dg.AssetCheckResult:
-    outcome = quality_checks.split_ratios(splits, ratios=tuple(curation.split_ratios))
-    return _result(outcome, blocking=False)
-
-
-@dg.asset_check(
-    asset=manifest,
-    description="Every class of the label file is present in every split.",
-    partitions_def=dump_partitions,
-)
-def labels_in_every_split(manifest: pl.DataFrame, curation: CurationConfig) -> dg.AssetCheckResult:
-    outcome = quality_checks.labels_in_every_split(manifest, load_label_file(curation.label_file))
-    return _result(outcome, blocking=False)
-
-
-@dg.asset_check(
-    asset=manifest,
-    description="Row count within tolerance of the previous published version.",
-    partitions_def=dump_partitions,
-)
-def row_count_vs_previous(
-    manifest: pl.DataFrame, curated: ObjectStoreResource
-) -> dg.AssetCheckResult:
-    store = curated.store()
+def _previous_rows(store) -> int | None:
     version = latest_version(store)
     data = read_version_file(store, version, "manifest.parquet") if version is not None else None
-    previous_rows = pl.read_parquet(io.BytesIO(data)).height if data is not None else None
-    outcome = quality_checks.row_count_vs_previous(manifest.height, previous_rows)
-    return _result(outcome, blocking=False)
+    return pl.read_parquet(io.BytesIO(data)).height if data is not None else None
+
+
+@dg.multi_asset_check(
+    specs=[_spec(name, text, True) for name, text in BLOCKING.items()]
+    + [_spec(name, text, False) for name, text in WARNING.items()],
+    ins={"manifest": dg.AssetIn("manifest"), "splits": dg.AssetIn("splits")},
+)
+def manifest_checks(
+    manifest: pl.DataFrame,
+    splits: pl.DataFrame,
+    curation: CurationConfig,
+    curated: ObjectStoreResource,
+) -> Iterator[dg.AssetCheckResult]:
+    outcomes = {name: getattr(quality_checks, name)(manifest) for name in BLOCKING}
+    outcomes["split_ratios"] = quality_checks.split_ratios(
+        splits, ratios=tuple(curation.split_ratios)
+    )
+    outcomes["labels_in_every_split"] = quality_checks.labels_in_every_split(
+        manifest, load_label_file(curation.label_file)
+    )
+    outcomes["row_count_vs_previous"] = quality_checks.row_count_vs_previous(
+        manifest.height, _previous_rows(curated.store())
+    )
+    for name, outcome in outcomes.items():
+        yield dg.AssetCheckResult(
+            check_name=name,
+            asset_key="manifest",
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.ERROR
+            if name in BLOCKING
+            else dg.AssetCheckSeverity.WARN,
+            description=outcome.description,
+            metadata=outcome.metadata,
+        )

@@ -67,6 +67,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[dump_sensor, check_failure_alerts, run_failure_alerts],
         schedules=[nightly_recheck],
         resources=build_resources(settings),
+        # Locally one process runs every step (each extra process re-imports torch and the
+        # code location); production steps run in their own processes or pods.
+        executor=dg.in_process_executor
+        if settings.environment == "local"
+        else dg.multiprocess_executor,
     )
 
 
