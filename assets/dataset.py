@@ -17,9 +17,8 @@ from dagster_project.manifest import build_manifest
 from dagster_project.publish import latest_version, publish_version, read_version_file
 from dagster_project.splits import SplitConfig, assign_splits
 from dagster_project.stats import dataset_stats
-from dagster_project.storage import GcsPathMapper
 from resources.curation import CurationConfig
-from resources.storage import ObjectStoreResource
+from resources.storage import BackupStore, ObjectStoreResource
 
 DROP_SOURCES = ("raw_requests", "normalized_diagnoses", "image_records", "manifest")
 
@@ -109,12 +108,12 @@ def manifest(
 def curated_images(
     context: dg.AssetExecutionContext,
     manifest: pl.DataFrame,
-    backup: ObjectStoreResource,
+    backup: BackupStore,
     curated: ObjectStoreResource,
     curation: CurationConfig,
 ) -> dg.MaterializeResult:
     """Every manifest photo as images/<image_uuid>.jpg; re-runs copy only what is missing."""
-    mapper = GcsPathMapper()
+    mapper = backup.mapper()
     items = [
         CopyItem(
             mapper.key(row["source_gcs_path"]),

@@ -1,6 +1,5 @@
 """Stage `images`: verify every photo, embed it, and find its duplicates."""
 
-
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -10,10 +9,9 @@ from dagster_project.images.cache import FactCache
 from dagster_project.images.dedup import DedupConfig, find_duplicates
 from dagster_project.images.folder import embed_ok_images
 from dagster_project.images.verify import inspect_images
-from dagster_project.storage import GcsPathMapper
 from resources.curation import CurationConfig
 from resources.embedder import EmbedderResource
-from resources.storage import ObjectStoreResource
+from resources.storage import BackupStore
 
 
 def _progress(context: dg.AssetExecutionContext, what: str):
@@ -31,12 +29,12 @@ def _progress(context: dg.AssetExecutionContext, what: str):
 def image_files(
     context: dg.AssetExecutionContext,
     image_records: pl.DataFrame,
-    backup: ObjectStoreResource,
+    backup: BackupStore,
     curation: CurationConfig,
 ) -> dg.Output[pl.DataFrame]:
     """Status, checksum, size, perceptual hashes and quality of each photo, read once."""
     store = backup.store()
-    mapper = GcsPathMapper()
+    mapper = backup.mapper()
     images = image_records.select("image_uuid", "source_gcs_path").unique(
         "image_uuid", keep="first", maintain_order=True
     )
@@ -44,8 +42,12 @@ def image_files(
     listing = {stat.key: (stat.size, stat.version) for stat in store.list()}
     with FactCache(curation.cache_path("image_facts")) as cache:
         facts = inspect_images(
-            keys, store.read_bytes, workers=curation.io_workers, cache=cache,
-            stat=listing.get, progress=_progress(context, "inspected"),
+            keys,
+            store.read_bytes,
+            workers=curation.io_workers,
+            cache=cache,
+            stat=listing.get,
+            progress=_progress(context, "inspected"),
         )
     files = images.with_columns(pl.Series("key", keys)).join(facts, on="key", how="left")
     status_counts = dict(files["status"].value_counts().iter_rows())
@@ -59,7 +61,7 @@ def image_files(
 def image_embeddings(
     context: dg.AssetExecutionContext,
     image_files: pl.DataFrame,
-    backup: ObjectStoreResource,
+    backup: BackupStore,
     embedder: EmbedderResource,
     curation: CurationConfig,
 ) -> dg.Output[pl.DataFrame]:
@@ -78,8 +80,11 @@ def image_embeddings(
     return dg.Output(
         frame,
         metadata={
-            "model": model.model_id, "dim": model.dim, "vectors": frame.height,
-            "distinct_photos": int(ok["sha256"].n_unique()), "device": str(model.device),
+            "model": model.model_id,
+            "dim": model.dim,
+            "vectors": frame.height,
+            "distinct_photos": int(ok["sha256"].n_unique()),
+            "device": str(model.device),
         },
     )
 

@@ -18,7 +18,7 @@ from resources.alerts import AlertNotifier
 from resources.curation import CurationConfig
 from resources.embedder import EmbedderResource
 from resources.io_manager import ParquetIOManager
-from resources.storage import DumpSource, ObjectStoreResource
+from resources.storage import BackupStore, DumpSource, ObjectStoreResource
 
 ASSET_MODULES = [source, metadata, images, dataset, checks]
 
@@ -33,7 +33,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
             endpoint_url=endpoint,
             download_dir=str(settings.home / "downloads"),
         ),
-        "backup": ObjectStoreResource(uri=settings.backup, endpoint_url=endpoint),
+        "backup": BackupStore(
+            uri=settings.backup, endpoint_url=endpoint, gcs_bucket_map=settings.gcs_bucket_map
+        ),
         "curated": ObjectStoreResource(uri=settings.curated, endpoint_url=endpoint),
         "embedder": EmbedderResource(
             backend=settings.embed_backend,

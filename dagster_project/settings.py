@@ -7,6 +7,7 @@ turns these settings into resources. Every variable is documented in README.md.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class Settings:
     embed_model: str
     embed_pretrained: str
     embed_device: str
+    gcs_bucket_map: dict[str, str]
     alert_webhook_url: str | None
     smtp_host: str | None
     smtp_port: int
@@ -78,6 +80,7 @@ class Settings:
             embed_model=_env("DERMACURATE_EMBED_MODEL", "ViT-B-32"),
             embed_pretrained=_env("DERMACURATE_EMBED_PRETRAINED", "laion2b_s34b_b79k"),
             embed_device=_env("DERMACURATE_EMBED_DEVICE", "auto"),
+            gcs_bucket_map=json.loads(_env("DERMACURATE_GCS_MAP", "{}")),
             alert_webhook_url=_env("DERMACURATE_ALERT_WEBHOOK"),
             smtp_host=_env("DERMACURATE_SMTP_HOST"),
             smtp_port=int(_env("DERMACURATE_SMTP_PORT", "587")),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.storage import ObjectStat, ObjectStore, store_from_uri
+from dagster_project.storage import GcsPathMapper, ObjectStat, ObjectStore, store_from_uri
 
 DUMP_SUFFIXES = (".sql", ".sql.gz", ".dump", ".backup")
 
@@ -19,6 +19,19 @@ class ObjectStoreResource(dg.ConfigurableResource):
 
     def store(self) -> ObjectStore:
         return store_from_uri(self.uri, endpoint_url=self.endpoint_url)
+
+
+class BackupStore(ObjectStoreResource):
+    """The photo backup: the app's gs:// paths mirrored into a directory or bucket.
+
+    `gcs_bucket_map` rewrites `gs://<bucket>/<prefix>` to a key prefix of this store; empty
+    means the default mirror layout (`<bucket>/<path>`).
+    """
+
+    gcs_bucket_map: dict[str, str] = {}
+
+    def mapper(self) -> GcsPathMapper:
+        return GcsPathMapper(self.gcs_bucket_map or None)
 
 
 class DumpSource(ObjectStoreResource):
