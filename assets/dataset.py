@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -104,14 +105,21 @@ def manifest(
     )
 
 
-@dg.asset(group_name="dataset", kinds={"s3"}, **DUMP_PARTITIONED)
+class CopyConfig(dg.Config):
+    """`dry_run`: report what would be copied, copy nothing and publish nothing."""
+
+    dry_run: bool = False
+
+
+@dg.asset(group_name="dataset", kinds={"s3"}, output_required=False, **DUMP_PARTITIONED)
 def curated_images(
     context: dg.AssetExecutionContext,
+    config: CopyConfig,
     manifest: pl.DataFrame,
     backup: BackupStore,
     curated: ObjectStoreResource,
     curation: CurationConfig,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
     """Every manifest photo as images/<image_uuid>.jpg; re-runs copy only what is missing."""
     mapper = backup.mapper()
     items = [
@@ -122,13 +130,15 @@ def curated_images(
         )
         for row in manifest.select("source_gcs_path", "image_uuid", "sha256").iter_rows(named=True)
     ]
+    verb = "would copy" if config.dry_run else "copied"
     report = copy_images(
         backup.store(),
         curated.store(),
         items,
         workers=curation.copy_workers,
+        dry_run=config.dry_run,
         progress=lambda done, total: (
-            context.log.info(f"copied {done}/{total}")
+            context.log.info(f"{verb} {done}/{total}")
             if done % max(1, total // 10) == 0 or done == total
             else None
         ),
@@ -136,14 +146,18 @@ def curated_images(
     if report.failed:
         reasons = "; ".join(f"{key}: {reason}" for key, reason in report.failed[:10])
         raise RuntimeError(f"{len(report.failed)} images could not be copied: {reasons}")
-    return dg.MaterializeResult(
-        metadata={
-            "copied": report.copied,
-            "skipped": report.skipped,
-            "failed": 0,
-            "bytes": report.bytes,
-        }
-    )
+    metadata = {
+        "copied": report.copied,
+        "skipped": report.skipped,
+        "failed": 0,
+        "bytes": report.bytes,
+        "dry_run": config.dry_run,
+    }
+    if config.dry_run:
+        # No materialization: dataset_version downstream is skipped, nothing is published.
+        yield dg.AssetObservation(asset_key="curated_images", metadata=metadata)
+    else:
+        yield dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(group_name="dataset", kinds={"parquet"}, deps=[curated_images], **DUMP_PARTITIONED)

@@ -49,8 +49,13 @@ def run_dump(
     dump_name: str,
     instance: dg.DagsterInstance,
     assets: tuple[str, ...] | None = None,
+    dry_run: bool = False,
 ) -> dg.ExecuteInProcessResult:
-    """Materialize the build job (or some of its assets) for one dump partition."""
+    """Materialize the build job (or some of its assets) for one dump partition.
+
+    `dry_run` builds everything up to the checks, reports what the copy would do, and
+    publishes nothing.
+    """
     from dagster_project.definitions import build_definitions
 
     instance.add_dynamic_partitions(dump_partitions.name, [dump_name])
@@ -58,7 +63,10 @@ def run_dump(
     result = job.execute_in_process(
         instance=instance,
         partition_key=dump_name,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        run_config={
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+            **({"ops": {"curated_images": {"config": {"dry_run": True}}}} if dry_run else {}),
+        },
         asset_selection=[dg.AssetKey(name) for name in assets] if assets else None,
         raise_on_error=False,
     )
@@ -162,11 +170,13 @@ def _latest_dump(settings: Settings) -> str:
     return dumps[-1].key
 
 
-def _build(settings: Settings, dump_name: str | None) -> None:
+def _build(settings: Settings, dump_name: str | None, dry_run: bool = False) -> None:
     name = dump_name or _latest_dump(settings)
     instance = _instance(settings)
     click.echo(f"building {name} from {settings.dumps}")
-    run_dump(settings, name, instance)
+    run_dump(settings, name, instance, dry_run=dry_run)
+    if dry_run:
+        click.echo("dry run: nothing copied, nothing published (see curated_images in the UI)")
     click.echo(f"curated dataset:  {settings.curated}")
     click.echo(f"run history:      DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     click.echo(
@@ -177,9 +187,10 @@ def _build(settings: Settings, dump_name: str | None) -> None:
 
 @main.command()
 @click.option("--dump", "dump_name", default=None, help="Dump file name (default: the newest).")
-def build(dump_name: str | None) -> None:
+@click.option("--dry-run", is_flag=True, help="Build and check; report the copy; publish nothing.")
+def build(dump_name: str | None, dry_run: bool) -> None:
     """Build and publish the dataset version of a dump in the configured location."""
-    _build(Settings.from_env(), dump_name)
+    _build(Settings.from_env(), dump_name, dry_run)
 
 
 @main.command()

@@ -160,8 +160,14 @@ def test_a_grown_dump_keeps_every_old_patients_split(built):
     source, settings, instance = built
     old = _version_frame(LocalStore(settings.curated), 1, "splits.parquet")
     grown = grow(source.dump_path.parents[1], extra_requests=40, seed=5)
-    run_dump(settings, grown.dump_path.name, instance)
+    images = Path(settings.curated) / "images"
+    before = sorted(images.iterdir())
+    run_dump(settings, grown.dump_path.name, instance, dry_run=True)
     store = LocalStore(settings.curated)
+    assert latest_version(store) == 1 and sorted(images.iterdir()) == before
+    observed = instance.fetch_observations(dg.AssetKey("curated_images"), limit=1).records
+    assert observed[0].asset_observation.metadata["copied"].value > 0
+    run_dump(settings, grown.dump_path.name, instance)
     assert latest_version(store) == 2
     new = _version_frame(store, 2, "splits.parquet")
     moved = {
