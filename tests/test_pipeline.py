@@ -7,14 +7,13 @@ idempotent re-runs, and a failing blocking check that publishes nothing and aler
 
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 from pii_scan import pii_found, planted_pii
+from webhook import webhook_receiver
 
 from dagster_project.cli import run_dump
 from dagster_project.publish import latest_version, read_version_file
@@ -191,18 +190,6 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -
     return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
 
 
-class _Hook(BaseHTTPRequestHandler):
-    payloads: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        _Hook.payloads.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_pii_in_a_free_text_answer_blocks_publication_and_alerts(built):
     source, settings, instance = built
     leaked = "write to john.doe@example.org"
@@ -214,16 +201,10 @@ def test_pii_in_a_free_text_answer_blocks_publication_and_alerts(built):
     with pytest.raises(Exception, match="no_pii|manifest"):
         run_dump(settings, bad_dump.name, instance)
     assert latest_version(LocalStore(settings.curated)) == 2
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        notifier = AlertNotifier(webhook_url=f"http://127.0.0.1:{server.server_port}/")
+    with webhook_receiver() as (url, payloads):
+        notifier = AlertNotifier(webhook_url=url)
         context = dg.build_sensor_context(instance=instance, resources={"alerts": notifier})
         check_failure_alerts(context)
-    finally:
-        server.shutdown()
-    alerts = [p for p in _Hook.payloads if p["check"] == "no_pii"]
+    alerts = [p for p in payloads if p["check"] == "no_pii"]
     assert [a["partition"] for a in alerts] == [bad_dump.name]
-    assert all(
-        leaked not in json.dumps(p) and "john.doe" not in json.dumps(p) for p in _Hook.payloads
-    )
+    assert all("john.doe" not in json.dumps(p) for p in payloads)

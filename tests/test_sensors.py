@@ -1,13 +1,12 @@
 """The dump sensor's cursor, the sensor on a watched directory, and the alert channels."""
 
-import json
 import os
 import socketserver
 import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import dagster as dg
+from webhook import webhook_receiver
 
 from dagster_project.alerts import Alert
 from dagster_project.sensors import DumpCursor, dump_sensor
@@ -63,18 +62,6 @@ def test_dump_sensor_adds_partitions_and_requests_runs(tmp_path):
         ]
 
 
-class _Capture(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        _Capture.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 class _SmtpHandler(socketserver.StreamRequestHandler):
     """Just enough SMTP to accept one message."""
 
@@ -121,22 +108,21 @@ def _alert() -> Alert:
 
 
 def test_alert_reaches_webhook_and_email():
-    http = HTTPServer(("127.0.0.1", 0), _Capture)
     smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
-    for server in (http, smtp):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=smtp.serve_forever, daemon=True).start()
     try:
-        notifier = AlertNotifier(
-            webhook_url=f"http://127.0.0.1:{http.server_port}/hook",
-            smtp_host="127.0.0.1",
-            smtp_port=smtp.server_address[1],
-            mail_to="maintainer@example.org",
-        )
-        assert notifier.notify(_alert()) == ["webhook", "email"]
+        with webhook_receiver() as (url, payloads):
+            notifier = AlertNotifier(
+                webhook_url=url,
+                smtp_host="127.0.0.1",
+                smtp_port=smtp.server_address[1],
+                mail_to="maintainer@example.org",
+            )
+            assert notifier.notify(_alert()) == ["webhook", "email"]
     finally:
-        http.shutdown()
         smtp.shutdown()
-    payload = _Capture.received[-1]
+        smtp.server_close()
+    payload = payloads[-1]
     assert payload["check"] == "no_split_leaks" and payload["partition"] == "dd_api-x.sql"
     assert payload["run_url"].endswith("/runs/abc")
     assert "no_split_leaks" in _SmtpHandler.messages[-1]
