@@ -61,6 +61,17 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
+def build_executor(name: str) -> dg.ExecutorDefinition:
+    """`in_process` locally (each extra process would re-import torch and the code location),
+    `multiprocess` on one production machine, `k8s` for a step per pod (dagster-k8s, the
+    `deploy` extra) with the embedding step on GPU nodes (docs/deploy.md)."""
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}[name]
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
@@ -69,11 +80,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[dump_sensor, check_failure_alerts, run_failure_alerts],
         schedules=[nightly_recheck],
         resources=build_resources(settings),
-        # Locally one process runs every step (each extra process re-imports torch and the
-        # code location); production steps run in their own processes or pods.
-        executor=dg.in_process_executor
-        if settings.environment == "local"
-        else dg.multiprocess_executor,
+        executor=build_executor(settings.executor),
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = Path.home() / ".dermacurate"
+EXECUTORS = ("in_process", "multiprocess", "k8s")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -41,6 +42,7 @@ class Settings:
     embed_pretrained: str
     embed_device: str
     gcs_bucket_map: dict[str, str]
+    executor: str
     alert_webhook_url: str | None
     smtp_host: str | None
     smtp_port: int
@@ -63,6 +65,9 @@ class Settings:
         missing = sorted(name for name in required if production and not _env(name))
         if missing:
             raise ValueError(f"DERMACURATE_ENV=production needs {', '.join(missing)}")
+        executor = _env("DERMACURATE_EXECUTOR", "multiprocess" if production else "in_process")
+        if executor not in EXECUTORS:
+            raise ValueError(f"DERMACURATE_EXECUTOR must be one of {EXECUTORS}, not {executor!r}")
         return cls(
             environment=environment,
             home=home,
@@ -81,6 +86,7 @@ class Settings:
             embed_pretrained=_env("DERMACURATE_EMBED_PRETRAINED", "laion2b_s34b_b79k"),
             embed_device=_env("DERMACURATE_EMBED_DEVICE", "auto"),
             gcs_bucket_map=json.loads(_env("DERMACURATE_GCS_MAP", "{}")),
+            executor=executor,
             alert_webhook_url=_env("DERMACURATE_ALERT_WEBHOOK"),
             smtp_host=_env("DERMACURATE_SMTP_HOST"),
             smtp_port=int(_env("DERMACURATE_SMTP_PORT", "587")),
