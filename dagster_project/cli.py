@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -179,9 +180,10 @@ def _build(settings: Settings, dump_name: str | None, dry_run: bool = False) -> 
         click.echo("dry run: nothing copied, nothing published (see curated_images in the UI)")
     click.echo(f"curated dataset:  {settings.curated}")
     click.echo(f"run history:      DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    dagster = Path(sys.executable).with_name("dagster")
     click.echo(
         f"open the UI with: DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
-        "dagster dev -w workspace.yaml  (then http://127.0.0.1:3000)"
+        f"{dagster} dev -m dagster_project.definitions  (then http://127.0.0.1:3000)"
     )
 
 
