@@ -26,6 +26,8 @@ TOP_CLASSES_TABLE = 40
 TOP_CLASSES_PLOT = 20
 # Context entries the text uses by name; every other entry is a configuration setting.
 DESCRIPTIVE_CONTEXT = ("version", "source_dump", "created_at", "labels")
+MAX_GENDER_BANDS = 3
+OTHER_GENDER = "other values"
 PLOTS = {
     "class_distribution": "class_distribution.png",
     "age_histogram": "age_histogram.png",
@@ -472,6 +474,14 @@ def _age_plot(manifest: pl.DataFrame, path: Path) -> None:
         manifest.unique("case_uuid", keep="first")
         .select(pl.col("age").fill_nan(None), pl.col("gender").fill_null(UNKNOWN))
         .drop_nulls("age")
+    )
+    # Free-text genders ("f\tmale", emoji) would each get a band: keep the common ones.
+    common = cases["gender"].value_counts(sort=True).head(MAX_GENDER_BANDS)["gender"]
+    cases = cases.with_columns(
+        pl.when(pl.col("gender").is_in(common.implode()))
+        .then(pl.col("gender"))
+        .otherwise(pl.lit(OTHER_GENDER))
+        .alias("gender")
     )
     genders = sorted(cases["gender"].unique(), key=_unknown_last)
     figure = Figure(figsize=(8, 4.5), layout="constrained")
