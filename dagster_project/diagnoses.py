@@ -36,6 +36,7 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from dagster_project.flatten import source_frame
 from dagster_project.schema import ANNOTATIONS_TABLE, DISEASE_CODES_TABLE
@@ -276,7 +277,7 @@ def normalize_diagnoses(
             latest.get_column("request_id").cast(pl.Int64),
             pl.Series("diagnosis", primaries, dtype=pl.String),
             pl.Series("diagnosis_icd9", icd9s, dtype=pl.String),
-            pl.Series("diagnoses_all", all_names, dtype=pl.List(pl.String)),
+            pl.from_arrow(pa.array(all_names, pa.list_(pa.string()))).alias("diagnoses_all"),
         ]
     )
     return frame, counts

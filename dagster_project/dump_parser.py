@@ -172,6 +172,15 @@ def _replace_escape(match: re.Match[bytes]) -> bytes:
 
 _BACKSLASH_N = pa.scalar(b"\\N", pa.binary())
 _NULL_BINARY = pa.scalar(None, pa.binary())
+_EMPTY_BINARY = pa.scalar(b"", pa.binary())
+_BACKSLASH = re.compile(rb"\\")
+
+
+def _has_backslash(column: pa.BinaryArray) -> bool:
+    """Whether any value may hold a backslash: one scan of the data buffer, never copied
+    (bytes outside the array's slice can only give a false positive)."""
+    data = column.buffers()[2]
+    return data is not None and _BACKSLASH.search(memoryview(data)) is not None
 
 
 def _decode_copy_column(column: pa.BinaryArray) -> pa.BinaryArray:
@@ -182,17 +191,25 @@ def _decode_copy_column(column: pa.BinaryArray) -> pa.BinaryArray:
     escapes are visited in Python.
     """
     nulls = pc.equal(column, _BACKSLASH_N)
-    data = column.buffers()[2]
-    if data is None or b"\\" not in data.to_pybytes():
+    if not _has_backslash(column):
         return pc.if_else(nulls, _NULL_BINARY, column)
+    others = _other_escapes(column, nulls)
     decoded = pc.replace_substring(column, "\\\\", "\\")
-    others = pc.and_not(pc.match_substring(pc.replace_substring(column, "\\\\", ""), "\\"), nulls)
-    if pc.any(others).as_py():
+    if others is not None:
         indices = pc.indices_nonzero(others)
         raws = column.take(indices).to_pylist()
         values = [_unescape_copy(raw, i) for raw, i in zip(raws, indices.to_pylist(), strict=True)]
         decoded = pc.replace_with_mask(decoded, others, pa.array(values, pa.binary()))
     return pc.if_else(nulls, _NULL_BINARY, decoded)
+
+
+def _other_escapes(column: pa.BinaryArray, nulls: pa.BooleanArray) -> pa.BooleanArray | None:
+    """Which non-NULL fields hold an escape other than an escaped backslash; None when no
+    field does (checked on the whole column first, so the per-field search is rare)."""
+    unescaped = pc.replace_substring(pc.if_else(nulls, _EMPTY_BINARY, column), "\\\\", "")
+    if not _has_backslash(unescaped):
+        return None
+    return pc.match_substring(unescaped, "\\")
 
 
 def _unescape_copy(raw: bytes, index: int) -> bytes:

@@ -61,6 +61,8 @@ _ARROW_TYPES = {
     **{name: _ARROW_BY_DTYPE[dtype] for name, dtype in METADATA_SCHEMA.items()},
     "images": pa.list_(pa.struct({"image_uuid": pa.string(), "source_gcs_path": pa.string()})),
 }
+# Distinct answers remembered per field and batch (bounds memory on free-form text).
+_MEMO_SIZE = 4096
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
@@ -109,17 +111,39 @@ def _rule(name: str) -> Callable[[object], Any]:
     return parse_bool3 if name in BOOLEAN3 else parse_multi_select
 
 
-# Containers in the request JSON, parents before children.
-_CONTAINERS = tuple(
-    sorted(
-        {path[:depth] for path in _PATHS.values() for depth in range(1, len(path))},
-        key=lambda p: (len(p), p),
-    )
-)
 FIELDS = tuple(
     _Field(name, _PATHS[name][:-1], _PATHS[name][-1], _rule(name), CONTINUOUS.get(name))
     for name in METADATA_SCHEMA
 )
+
+
+@dataclass(frozen=True)
+class _Container:
+    """A JSON object of rule 8 and the fields read from it; `parent` indexes its parent in
+    `_CONTAINERS` (-1: the document itself)."""
+
+    path: tuple[str, ...]
+    parent: int
+    fields: tuple[tuple[int, _Field], ...]  # (column index, field)
+
+
+def _layout() -> tuple[_Container, ...]:
+    paths = sorted(
+        {path[:depth] for path in _PATHS.values() for depth in range(1, len(path))},
+        key=lambda p: (len(p), p),
+    )
+    return tuple(
+        _Container(
+            path,
+            paths.index(path[:-1]) if len(path) > 1 else -1,
+            tuple((i, field) for i, field in enumerate(FIELDS) if field.container == path),
+        )
+        for path in paths
+    )
+
+
+# Containers in the request JSON, parents before children.
+_CONTAINERS = _layout()
 
 
 def source_frame(data: pa.RecordBatch | pa.Table | pl.DataFrame, table: TableSpec) -> pl.DataFrame:
@@ -192,34 +216,65 @@ def _decode(text: str | None, counts: Counter[str]) -> dict[str, Any] | None:
     return None
 
 
-def _containers(document: dict[str, Any], counts: Counter[str]) -> dict[tuple[str, ...], Any]:
-    """Each container of rule 8, None where it is absent or of the wrong type."""
-    found: dict[tuple[str, ...], Any] = {(): document}
-    for path in _CONTAINERS:
-        parent = found[path[:-1]]
-        value = parent.get(path[-1]) if parent is not None else None
+def _outcome(field: _Field, raw: object) -> tuple[Any, str | None]:
+    """A field's value for a present JSON value, or None and the count key of the problem."""
+    value = field.parse(raw)
+    if value is INVALID:
+        return None, f"{field.name}_invalid"
+    if field.bounds and value is not None and not field.bounds[0] <= value <= field.bounds[1]:
+        return None, f"{field.name}_out_of_range"
+    return value, None
+
+
+def _metadata(
+    document: dict[str, Any],
+    row: int,
+    columns: list[list[Any]],
+    memos: list[dict[object, tuple[Any, str | None]]],
+    counts: Counter[str],
+) -> None:
+    """Rules 4 to 8 and section 6: fill `row` of the metadata `columns`; bad values stay None
+    and are counted. Every rule maps an absent value to None, so absent answers and absent
+    containers are skipped; answers repeat, so each field's outcome per distinct answer is
+    kept in its `memos` dict (at most _MEMO_SIZE entries)."""
+    found = [document]  # found[i + 1]: container i of _CONTAINERS, None when absent
+    for container in _CONTAINERS:
+        parent = found[container.parent + 1]
+        value = parent.get(container.path[-1]) if parent is not None else None
         if value is not None and not isinstance(value, dict):
-            counts[f"{path[-1]}_not_object"] += 1
+            counts[f"{container.path[-1]}_not_object"] += 1
             value = None
-        found[path] = value
-    return found
-
-
-def _metadata(document: dict[str, Any], counts: Counter[str]) -> list[Any]:
-    """Rules 4 to 8 and section 6: each metadata field's value; bad ones None and counted."""
-    containers = _containers(document, counts)
-    row = []
-    for field in FIELDS:
-        container = containers[field.container]
-        value = field.parse(container.get(field.key) if container is not None else None)
-        if value is INVALID:
-            counts[f"{field.name}_invalid"] += 1
-            value = None
-        elif field.bounds and value is not None and not field.bounds[0] <= value <= field.bounds[1]:
-            counts[f"{field.name}_out_of_range"] += 1
-            value = None
-        row.append(value)
-    return row
+        found.append(value)
+        if value is None:
+            continue
+        for index, field in container.fields:
+            raw = value.get(field.key)
+            if raw is None:
+                continue
+            kind = raw.__class__
+            # A memo key tells apart what the rules tell apart: "1" from 1 from True. Floats
+            # are not memoized (0.0 == -0.0), nor lists holding unhashable items.
+            if kind is str:
+                key: object = raw
+            elif kind is list:
+                key = (kind, *raw)
+            elif kind is int or kind is bool:
+                key = (kind, raw)
+            else:
+                key = None
+            memo = memos[index]
+            try:
+                outcome = memo.get(key)
+            except TypeError:
+                key, outcome = None, None
+            if outcome is None:
+                outcome = _outcome(field, raw)
+                if key is not None and len(memo) < _MEMO_SIZE:
+                    memo[key] = outcome
+            if outcome[1] is None:
+                columns[index][row] = outcome[0]
+            else:
+                counts[outcome[1]] += 1
 
 
 def flatten_requests(
@@ -235,13 +290,16 @@ def flatten_requests(
     """
     frame = source_frame(batch, REQUESTS_TABLE)
     counts: Counter[str] = Counter(requests=frame.height)
-    no_metadata = [None] * len(FIELDS)
-    rows: list[list[Any]] = []
+    columns: list[list[Any]] = [[None] * frame.height for _ in FIELDS]
+    memos: list[dict[object, tuple[Any, str | None]]] = [{} for _ in FIELDS]
     images: list[list[dict[str, str]]] = []
-    for text in frame.get_column("request").to_list():
+    for row, text in enumerate(frame.get_column("request").to_list()):
         document = _decode(text, counts)
-        rows.append(no_metadata if document is None else _metadata(document, counts))
-        images.append([] if document is None else _images(document.get("images"), counts))
+        if document is None:
+            images.append([])
+        else:
+            _metadata(document, row, columns, memos, counts)
+            images.append(_images(document.get("images"), counts))
         if not images[-1]:
             counts["requests_without_images"] += 1
     identity = frame.select(
@@ -253,7 +311,6 @@ def flatten_requests(
         pl.col("modified_at"),
     )
     # pyarrow builds (nested) columns from Python lists far faster than pl.Series does.
-    columns = list(zip(*rows, strict=True)) if rows else [()] * len(FIELDS)
     arrays = [
         pa.array(column, type=_ARROW_TYPES[field.name])
         for field, column in zip(FIELDS, columns, strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import Counter
 from typing import Any
 
 import polars as pl
@@ -441,3 +442,27 @@ def test_pii_never_reaches_the_output_or_the_counts() -> None:
     for secret in (*secrets.values(), UUID_C, "leak"):
         assert secret not in dumped
     assert frame.row(0, named=True)["gender"] == "female"
+
+
+def test_each_row_gets_what_it_gets_alone_whatever_else_the_batch_holds() -> None:
+    # Outcomes of repeated answers are reused within a batch: values Python finds equal
+    # (1, 1.0, True; 0.0, -0.0; lists of such) must still be decided by their own rule.
+    values = [1, 1.0, True, "1", 0, 0.0, -0.0, False, "0", " Yes", "yes", "37,5", 37.5, "", None]
+    values += [["a", " A "], ["a", 1], ["a", True], [1], [True], [1.0], [["x"]], [{"a": 1}]]
+    values += [{"value": 2, "unit": "weeks"}, {"value": -0.0, "unit": "days"}]
+    requests = [
+        {
+            "patient": {"age": value, "gender": value, "pregnancy": value},
+            "answers": {"temperature": value, "itch": value, "texture": value, "duration": value},
+        }
+        for value in values * 2
+    ]
+    frame, counts = flatten_requests(requests_batch(requests))
+    alone = Counter[str]()
+    for index, request in enumerate(requests):
+        row, row_counts = one_row(request)
+        alone.update(row_counts)
+        # repr tells -0.0 from 0.0 and 1.0 from True
+        expected = repr([row[name] for name in METADATA_SCHEMA])
+        assert repr([frame.row(index, named=True)[name] for name in METADATA_SCHEMA]) == expected
+    assert counts == alone

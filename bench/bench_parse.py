@@ -1,0 +1,184 @@
+"""Dump to image_records.parquet with the metadata stage's functions, vs `psql -f` restoring it.
+
+The old pipeline restored every dump into PostgreSQL before it could read three tables. On
+the same dump this times, each in a fresh process:
+- `stream`: dump_parser.stream_tables reading the three tables out of the dump (what
+  replaces the restore);
+- `records`: the metadata stage's domain functions, as the assets call them (read_source =
+  stream + flatten_requests, latest_annotations, normalize_diagnoses, build_image_records,
+  validate_image_records), writing image_records.parquet;
+- `restore`: `psql -f` restoring the whole dump into a fresh database of a throwaway
+  PostgreSQL server (fsync off: the restore's best case).
+Rounds interleave the three, so a load spike on a shared machine hits all of them; ratios
+are of the best rounds. Peak RSS is each child's own (os.wait4): Python, Arrow and polars
+together. Several dumps of different sizes show whether memory grows with the dump.
+
+    python bench/bench_parse.py DUMP [DUMP ...] [--rounds 3] [--no-restore]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import nullcontext
+from pathlib import Path
+
+import polars as pl
+
+from dagster_project.diagnoses import latest_annotations, load_vocabulary, normalize_diagnoses
+from dagster_project.dump_parser import stream_tables
+from dagster_project.postgres import PostgresServer, temporary_postgres
+from dagster_project.records import (
+    build_image_records,
+    count_orphan_annotations,
+    load_test_patient_ids,
+    validate_image_records,
+)
+from dagster_project.schema import SOURCE_TABLES
+from dagster_project.source import SourceTables, read_source
+
+CHILD_MODES = ("stream", "records")
+
+
+def metadata_records(
+    dump: Path, test_patients: Path | None, timings: dict[str, float]
+) -> tuple[SourceTables, pl.DataFrame, Counter[str]]:
+    """The source tables and image records of `dump`, as the metadata assets compute them;
+    adds each step's seconds to `timings`."""
+    started = time.perf_counter()
+    tables = read_source(dump)
+    timings["read_source"] = time.perf_counter() - started
+    started = time.perf_counter()
+    latest = latest_annotations(tables.annotations)
+    diagnoses, counts = normalize_diagnoses(latest, tables.disease_codes, load_vocabulary())
+    counts["annotations_orphaned"] = count_orphan_annotations(tables.annotations, tables.requests)
+    timings["normalize_diagnoses"] = time.perf_counter() - started
+    started = time.perf_counter()
+    records, record_counts = build_image_records(
+        tables.requests, diagnoses, load_test_patient_ids(test_patients)
+    )
+    validate_image_records(records)
+    timings["build_image_records"] = time.perf_counter() - started
+    return tables, records, counts + record_counts
+
+
+def default_test_patients(dump: Path) -> Path | None:
+    """The generator's test-patient list beside the dumps folder, when there is one."""
+    path = dump.resolve().parent.parent / "test_patients.json"
+    return path if path.is_file() else None
+
+
+def child(mode: str, dump: Path, out: Path) -> None:
+    """The measured work of one mode; prints a JSON report as its last line."""
+    if mode == "stream":
+        rows = sum(batch.num_rows for _, batch in stream_tables(dump, SOURCE_TABLES))
+        print(json.dumps({"rows": rows}))
+        return
+    timings: dict[str, float] = {}
+    _, records, _ = metadata_records(dump, default_test_patients(dump), timings)
+    started = time.perf_counter()
+    records.write_parquet(out / "image_records.parquet")
+    timings["write_parquet"] = time.perf_counter() - started
+    print(json.dumps({"rows": records.height, **{k: round(v, 1) for k, v in timings.items()}}))
+
+
+def run_child(mode: str, dump: Path) -> tuple[float, int, dict]:
+    """Wall seconds, peak RSS in bytes and the report of one mode run in a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="bench-parse-") as out:
+        command = [sys.executable, __file__, "--child", mode, str(dump), out]
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        stdout = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{mode} of {dump} failed: {stdout[-2000:]}")
+        return seconds, usage.ru_maxrss * 1024, json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_restore(server: PostgresServer, dump: Path, database: str) -> float:
+    """Wall seconds of `psql -f dump` into a fresh database (dropped afterwards)."""
+    server.create_database(database)
+    started = time.perf_counter()
+    server.psql_file(dump, database)
+    seconds = time.perf_counter() - started
+    server.psql(f'DROP DATABASE "{database}";')
+    return seconds
+
+
+def load_average() -> str:
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def bench_dump(server: PostgresServer | None, dump: Path, rounds: int) -> dict:
+    """Interleaved rounds on one dump; the best of each and the ratios of the bests."""
+    seconds: dict[str, list[float]] = {"restore": [], **{mode: [] for mode in CHILD_MODES}}
+    rss: dict[str, int] = dict.fromkeys(CHILD_MODES, 0)
+    for round_ in range(rounds):
+        # Rotate the order, so no one always runs first or after the same neighbour.
+        order = ("restore", *CHILD_MODES)[round_ % 3 :] + ("restore", *CHILD_MODES)[: round_ % 3]
+        for what in order:
+            if what == "restore":
+                if server is not None:
+                    seconds[what].append(run_restore(server, dump, f"restore_{round_}"))
+                    print(f"  round {round_}: restore {seconds[what][-1]:.1f} s")
+                continue
+            took, peak, report = run_child(what, dump)
+            seconds[what].append(took)
+            rss[what] = max(rss[what], peak)
+            print(
+                f"  round {round_}: {what} {took:.1f} s, peak RSS {peak / 2**20:.0f} MiB "
+                f"{report} load {load_average()}"
+            )
+    result = {"dump": str(dump), "dump_mb": round(dump.stat().st_size / 1e6, 1)}
+    for what, values in seconds.items():
+        if values:
+            result[f"{what}_best_s"] = round(min(values), 2)
+            result[f"{what}_all_s"] = [round(value, 2) for value in values]
+    result |= {f"{mode}_peak_rss_mib": round(rss[mode] / 2**20) for mode in CHILD_MODES}
+    if seconds["restore"]:
+        for mode in CHILD_MODES:
+            result[f"restore_over_{mode}"] = round(min(seconds["restore"]) / min(seconds[mode]), 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dumps", nargs="+", type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-restore", action="store_true", help="time the parse only")
+    args = parser.parse_args()
+    print(f"cores {os.cpu_count()}, load average (1/5/15 min) at start {load_average()}")
+    results = []
+    with nullcontext() if args.no_restore else temporary_postgres() as server:
+        if server is not None:
+            server.psql("CREATE ROLE dd_api; CREATE ROLE readonly;")
+        for dump in args.dumps:
+            print(f"{dump} ({dump.stat().st_size / 1e6:.0f} MB)")
+            results.append(bench_dump(server, dump, args.rounds))
+            print(json.dumps(results[-1]))
+    print(f"load average at end {load_average()}")
+    for result in results:
+        ratios = "".join(
+            f"; restore/{mode} {result[f'restore_over_{mode}']}x"
+            for mode in CHILD_MODES
+            if f"restore_over_{mode}" in result
+        )
+        print(
+            f"{result['dump_mb']} MB: stream {result['stream_best_s']} s, records "
+            f"{result['records_best_s']} s{ratios}; peak RSS stream "
+            f"{result['stream_peak_rss_mib']} MiB, records {result['records_peak_rss_mib']} MiB"
+        )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        main()
