@@ -94,9 +94,12 @@ def duplicate_clusters(
     image_files: pl.DataFrame,
     image_embeddings: pl.DataFrame,
     image_records: pl.DataFrame,
+    backup: BackupStore,
     curation: CurationConfig,
 ) -> dg.Output[pl.DataFrame]:
-    """Exact, perceptual and embedding duplicates joined into clusters, plus outlier scores.
+    """Exact, perceptual, embedding and geometrically verified duplicates joined into
+    clusters, plus outlier scores. Verification reads the photos of the candidate pairs
+    (embedding neighbours just below the cosine threshold) from the backup.
 
     One row per readable photo: image_uuid, cluster_id, cluster_size, representative (the
     image_uuid of the cluster's largest photo), homogeneous (diagnoses agree), outlier_score.
@@ -115,12 +118,15 @@ def duplicate_clusters(
         .drop("key")
         .with_columns(pl.col("image_uuid").alias("key"))
     )
+    store = backup.store()
+    backup_key = dict(zip(image_files["image_uuid"], image_files["key"], strict=True))
     result = find_duplicates(
         facts,
         np.asarray(facts["embedding"].to_numpy(), dtype=np.float32).reshape(facts.height, -1),
         config,
         case_ids=facts["case_uuid"].to_list(),
         labels=facts["diagnosis"].to_list(),
+        read=lambda image_uuid: store.read_bytes(backup_key[image_uuid]),
     )
     clusters = result.clusters.rename({"key": "image_uuid"})
     return dg.Output(clusters, metadata=result.metadata())

@@ -1,10 +1,12 @@
 """Duplicate detection on real photos with known answers: the HAM10000 subset.
 
-verify -> embed -> candidate_pairs on $DERMA_REAL_DATA/ham10000_subset, then prints, per
-detector (exact, perceptual, embedding) and for all together, precision/recall of exact
-duplicates, of original/flipped pairs (a pair of one lesion_id is not a false positive) and
-of same-lesion pairs (report only); the thresholds used; the precision/recall curve per
-threshold (``--curve``); and whether the targets hold (exit status 1 if not).
+verify -> embed -> find_duplicates (geometric verification reading the files) on
+$DERMA_REAL_DATA/ham10000_subset, then prints, per detector (exact, perceptual, embedding,
+geometric) and for all together, precision/recall of exact duplicates, of original/flipped
+pairs (a pair of one lesion_id is not a false positive) and of same-lesion pairs (report
+only: HAM10000's photos of one lesion are often re-crops of one capture); the thresholds
+used; what the verification checked; the precision/recall curve per threshold
+(``--curve``); and whether the targets hold (exit status 1 if not).
 
     python bench/eval_ham10000.py [--images N] [--curve] [--cache DIR] [--backend NAME]
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from dagster_project.images.cache import FactCache
-from dagster_project.images.dedup import DedupConfig, candidate_pairs
+from dagster_project.images.dedup import DedupConfig, find_duplicates
 from dagster_project.images.embed import Embedder, EmbedderConfig
 from dagster_project.images.evaluate import ham10000_metrics, load_ham10000, threshold_curve
 
@@ -61,19 +63,29 @@ def main() -> int:
     data = load_ham10000(args.root, embedder, args.images, cache)
     loaded = time.perf_counter()
     config = DedupConfig()
-    pairs = candidate_pairs(data.facts, data.embeddings, config)
+    result = find_duplicates(
+        data.facts, data.embeddings, config, read=lambda key: (args.root / key).read_bytes()
+    )
     searched = time.perf_counter()
-    metrics = ham10000_metrics(pairs, data.manifest)
+    metrics = ham10000_metrics(result.pairs, data.manifest)
 
     pl.Config.set_tbl_rows(200)
     pl.Config.set_tbl_cols(20)
     pl.Config.set_tbl_width_chars(200)
     print(f"data: {args.root} ({data.manifest.height} files, model {data.model_id})")
-    print(f"verify + embed {loaded - started:.1f} s; candidate_pairs {searched - loaded:.2f} s")
+    print(f"verify + embed {loaded - started:.1f} s; find_duplicates {searched - loaded:.2f} s")
+    g, v = config.geometry, result.verification
     print(
         f"thresholds: phash_max_distance={config.phash_max_distance}, "
         f"perceptual_min_cosine={config.perceptual_min_cosine}, "
-        f"cosine_threshold={config.cosine_threshold}, k_neighbors={config.k_neighbors}"
+        f"cosine_threshold={config.cosine_threshold}, k_neighbors={config.k_neighbors}; "
+        f"verification band [{config.verify_min_cosine}, {config.cosine_threshold}), "
+        f"{config.verify_neighbors} neighbours per photo, min_inliers={g.min_inliers}, "
+        f"min_overlap={g.min_overlap}, min_correlation={g.min_correlation}"
+    )
+    print(
+        f"geometric verification: checked {v.checked} of {v.candidates} band candidates, "
+        f"accepted {v.accepted}, {v.seconds:.1f} s"
     )
     print("scored as clusters (every pair inside a connected component counts as predicted)")
     print(metrics.select(COLUMNS).with_columns(pl.selectors.float().round(4)))

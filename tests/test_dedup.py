@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -265,6 +267,74 @@ def test_find_duplicates_end_to_end_with_failed_images():
     assert meta["search_method"] == "flat" and meta["search_knn_recall"] == 1.0
 
 
+def band_photos() -> tuple[np.ndarray, dict[str, bytes]]:
+    """img0 a photo, img1 its crop, img2 and img3 other photos; img1 and img2 in img0's
+    verification band (cosine 0.94 and 0.92; 0.865 with each other), img3 far from all."""
+    import io
+    import random
+
+    from dagster_project.synthetic.images import render_photo, transform_photo
+
+    def jpeg(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        render_photo(seed).save(buffer, "JPEG", quality=90)
+        return buffer.getvalue()
+
+    basis = np.eye(4, 8, dtype=np.float32)
+    vectors = basis.copy()
+    vectors[1] = unit(basis[0] + np.sqrt(1 / 0.94**2 - 1) * basis[1])
+    vectors[2] = unit(basis[0] + np.sqrt(1 / 0.92**2 - 1) * basis[2])
+    original = jpeg(0)
+    crop = transform_photo(original, "crop", random.Random(0))
+    return vectors, {"img0": original, "img1": crop, "img2": jpeg(5), "img3": jpeg(6)}
+
+
+def test_band_pairs_verified_geometrically():
+    vectors, photos = band_photos()
+    facts = facts_frame(far_hashes(4))
+    assert pair_set(candidate_pairs(facts, vectors, NO_VETO)) == set()
+    pairs = candidate_pairs(facts, vectors, NO_VETO, read=photos.get)
+    assert pair_set(pairs) == {(0, 1)}
+    assert pairs["kind"].to_list() == ["geometric"]
+    assert pairs["similarity"][0] == pytest.approx(0.94, abs=1e-5)
+    result = find_duplicates(facts, vectors, NO_VETO, read=photos.get)
+    v = result.verification
+    assert (v.candidates, v.checked, v.accepted) == (3, 3, 1)
+    assert result.clusters["cluster_id"].to_list() == [0, 0, 1, 2]
+    meta = result.metadata()
+    assert (meta["pairs_geometric"], meta["verify_checked"]) == (1, 3)
+    # A photo that cannot be read never verifies.
+    missing = find_duplicates(facts, vectors, NO_VETO, read={"img0": photos["img0"]}.get)
+    assert missing.verification.accepted == 0
+
+
+def test_verification_candidates_are_bounded_and_filtered():
+    vectors, photos = band_photos()
+    facts = facts_frame(far_hashes(4))
+
+    def verification(config: DedupConfig, **kwargs):
+        return find_duplicates(facts, vectors, config, read=photos.get, **kwargs).verification
+
+    # The most similar pairs are checked first.
+    capped = verification(replace(NO_VETO, verify_max_pairs=1))
+    assert (capped.candidates, capped.checked, capped.accepted) == (3, 1, 1)
+    # Only each photo's nearest band neighbour: (0, 1) for 0 and 1, (0, 2) for 2.
+    nearest = verification(replace(NO_VETO, verify_neighbors=1))
+    assert (nearest.candidates, nearest.accepted) == (2, 1)
+    # Above the band's floor only the crop remains a candidate; none above it.
+    assert verification(replace(NO_VETO, verify_min_cosine=0.93)).candidates == 1
+    none = verification(replace(NO_VETO, verify_min_cosine=0.95))
+    assert (none.candidates, none.checked, none.accepted) == (0, 0, 0)
+    assert verification(replace(NO_VETO, verify_neighbors=0)).checked == 0
+    # Photos of one case are not candidates; pairs already clustered are not checked.
+    apart = verification(NO_VETO, case_ids=["c1", "c1", "c2", "c3"])
+    assert (apart.candidates, apart.accepted) == (2, 0)
+    byte_copy = facts.with_columns(sha256=pl.Series(["s0", "s1", "s0", "s3"]))
+    result = find_duplicates(byte_copy, vectors, NO_VETO, read=photos.get)
+    assert result.verification.candidates == 2
+    assert result.clusters["cluster_id"].to_list() == [0, 0, 0, 1]
+
+
 def test_bad_input_is_named():
     facts = facts_frame(far_hashes(3))
     with pytest.raises(ValueError, match=r"one row per image with status 'ok' \(3 of 3"):
@@ -277,5 +347,7 @@ def test_bad_input_is_named():
         candidate_pairs(facts.drop("phash_dihedral"), np.eye(3, 4, dtype=np.float32))
     with pytest.raises(ValueError, match="cosine_threshold"):
         DedupConfig(cosine_threshold=1.5)
+    with pytest.raises(ValueError, match="verify_max_pairs"):
+        DedupConfig(verify_max_pairs=-1)
     assert DedupConfig.calibrated(cosine_threshold=0.9).cosine_threshold == 0.9
     assert DedupConfig.calibrated().phash_max_distance == DedupConfig().phash_max_distance

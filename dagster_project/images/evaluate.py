@@ -13,6 +13,11 @@ byte, in two folders. Known answers:
 A predicted pair of one lesion is not a false positive (nor a true one): it is "neutral";
 ``strict_precision`` counts it as false, as it would be where every photo is of a
 different lesion.
+
+Synthetic source (``synthetic.generate``): the photos of its expected image records, read
+from its backup as the assets read them; known answers are the planted copies
+(``truth/planted_duplicates.parquet``): a copy and its original, or two copies of one
+original, are right; a predicted pair of two other photos is a false positive.
 """
 
 from __future__ import annotations
@@ -25,9 +30,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from dagster_project.images.dedup import KINDS, DedupConfig, candidate_pairs, duplicate_clusters
+from dagster_project.images.dedup import (
+    KINDS,
+    DedupConfig,
+    DedupResult,
+    candidate_pairs,
+    duplicate_clusters,
+    find_duplicates,
+)
 from dagster_project.images.folder import embed_ok_images
 from dagster_project.images.verify import inspect_images
+from dagster_project.storage import GcsPathMapper
 
 if TYPE_CHECKING:
     from dagster_project.images.cache import FactCache
@@ -248,3 +261,138 @@ def threshold_curve(
         )
         rows.append({"detector": detector, "threshold": setting, **asdict(metrics)})
     return pl.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """A synthetic source processed: one facts row per expected image record (``records``:
+    image_uuid, case_uuid, key), embeddings of the ok rows, the planted copies, and
+    ``backup``, the directory the keys are read from."""
+
+    records: pl.DataFrame
+    facts: pl.DataFrame
+    embeddings: np.ndarray
+    planted: pl.DataFrame
+    backup: Path
+
+    def read(self, key: str) -> bytes | None:
+        """The backup bytes of ``key`` (None when the file is missing)."""
+        path = self.backup / key
+        return path.read_bytes() if path.is_file() else None
+
+
+def load_synthetic(
+    source: Path, embedder: Embedder, cache: FactCache | None = None, workers: int = 2
+) -> SyntheticData:
+    """Verify and embed the photos of ``source``'s newest expected image records, read from
+    its backup by the keys the pipeline maps their gs:// paths to."""
+    truth = Path(source) / "truth"
+    records = (
+        pl.read_parquet(truth / "expected_image_records.parquet")
+        .select("image_uuid", "case_uuid", "source_gcs_path")
+        .unique("image_uuid", keep="first", maintain_order=True)
+    )
+    mapper = GcsPathMapper()
+    keys = [mapper.key(path) for path in records["source_gcs_path"]]
+    records = records.select("image_uuid", "case_uuid", pl.Series("key", keys))
+    planted = pl.read_parquet(truth / "planted_duplicates.parquet")
+    empty = np.zeros((0, 0), dtype=np.float32)
+    data = SyntheticData(records, pl.DataFrame(), empty, planted, Path(source) / "backup")
+    facts = inspect_images(keys, data.read, workers=workers)
+    return replace(data, facts=facts, embeddings=embed_ok_images(facts, data.read, embedder, cache))
+
+
+def synthetic_truth(
+    records: pl.DataFrame, planted: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(copies, planted pairs): every pair of rows showing one original photo, and each
+    planted (copy, original) pair as rows a < b with its ``transform`` and ``cross_case``
+    (copy and original in different cases)."""
+    row = {uuid: index for index, uuid in enumerate(records["image_uuid"])}
+    original_of = dict(zip(planted["image_uuid"], planted["original_uuid"], strict=True))
+    root = [original_of.get(uuid, uuid) for uuid in records["image_uuid"]]
+    present = planted.filter(
+        pl.col("image_uuid").is_in(list(row)) & pl.col("original_uuid").is_in(list(row))
+    )
+    copy = np.array([row[u] for u in present["image_uuid"]], dtype=np.int64)
+    original = np.array([row[u] for u in present["original_uuid"]], dtype=np.int64)
+    case = records["case_uuid"].to_numpy()
+    pairs = pl.DataFrame(
+        {
+            "a": np.minimum(copy, original),
+            "b": np.maximum(copy, original),
+            "transform": present["transform"],
+            "cross_case": case[copy] != case[original],
+        }
+    )
+    return same_value_pairs(root), pairs
+
+
+def synthetic_metrics(
+    pairs: pl.DataFrame, records: pl.DataFrame, planted: pl.DataFrame, cross_case_only: bool
+) -> pl.DataFrame:
+    """Cluster-level scores per detector (kinds, and "all" of them together) and transform
+    of the planted copies ("all" transforms too): precision over every predicted pair,
+    recall of the planted (copy, original) pairs, or of those across cases only."""
+    n = records.height
+    copies, planted_pairs = synthetic_truth(records, planted)
+    if cross_case_only:
+        planted_pairs = planted_pairs.filter(pl.col("cross_case"))
+    transforms = ["all", *sorted(planted_pairs["transform"].unique())]
+    rows = []
+    for detector in (*KINDS, "all"):
+        chosen = pairs if detector == "all" else pairs.filter(pl.col("kind") == detector)
+        predicted = cluster_pairs(n, chosen)
+        for transform in transforms:
+            positives = planted_pairs.filter(
+                (pl.col("transform") == transform) | (transform == "all")
+            )
+            metrics = pair_metrics(predicted, copies, n, positives=positives.select("a", "b"))
+            rows.append({"detector": detector, "transform": transform, **asdict(metrics)})
+    return pl.DataFrame(rows)
+
+
+def missed_synthetic_targets(metrics: pl.DataFrame, target: float) -> list[str]:
+    """The transforms whose recall, and the precision, of all detectors together fall short
+    of ``target`` in ``synthetic_metrics`` (empty: every target met)."""
+    rows = metrics.filter(pl.col("detector") == "all")
+    failures = [
+        f"{row['transform']}: recall {row['recall']:.4f} ({row['found']}/{row['positives']})"
+        for row in rows.iter_rows(named=True)
+        if not row["recall"] >= target
+    ]
+    precision = rows["precision"][0]
+    if not precision >= target:
+        failures.append(f"precision {precision:.4f}")
+    return failures
+
+
+@dataclass(frozen=True)
+class SyntheticEvaluation:
+    """Duplicate detection on a synthetic source, two ways: ``every_pair`` with
+    same_case_is_duplicate=True, scored on all planted pairs (a copy in its original's
+    case included); ``cross_case`` with the configured setting and case ids, as the
+    pipeline runs, scored on the planted pairs across cases."""
+
+    every_pair: pl.DataFrame
+    cross_case: pl.DataFrame
+    every_pair_result: DedupResult
+    cross_case_result: DedupResult
+
+
+def evaluate_synthetic(
+    data: SyntheticData, config: DedupConfig | None = None
+) -> SyntheticEvaluation:
+    """find_duplicates on the synthetic photos (with the geometric verification reading the
+    backup), scored both ways (see ``SyntheticEvaluation``)."""
+    config = config or DedupConfig()
+    cases = data.records["case_uuid"].to_list()  # facts rows are the records' rows
+    results = [
+        find_duplicates(data.facts, data.embeddings, setting, case_ids=cases, read=data.read)
+        for setting in (replace(config, same_case_is_duplicate=True), config)
+    ]
+    return SyntheticEvaluation(
+        synthetic_metrics(results[0].pairs, data.records, data.planted, cross_case_only=False),
+        synthetic_metrics(results[1].pairs, data.records, data.planted, cross_case_only=True),
+        *results,
+    )

@@ -13,8 +13,8 @@
   case_uuid, image_uuid), `planted_duplicates.parquet` (image_uuid, original_uuid,
   transform), `bad_images.parquet` (image_uuid, expected_status), `pii_strings.txt` (every
   PII string planted, one a line, for leak tests) and `params.json` (the parameters that
-  regenerate the dump: `first_request_id` and, per dump, oldest first, `requests`, `seed`,
-  `images`, `dump_name`);
+  regenerate the dump: `first_request_id`, `duplicates` where not the default (see
+  `Planting`), and, per dump, oldest first, `requests`, `seed`, `images`, `dump_name`);
 - `truth/by_dump/<dump file name>/`: the same five files for each dump ever written there.
 
 `grow(out, extra_requests)` writes the next dump of the same service into `out/dumps/` (a
@@ -54,9 +54,23 @@ from dagster_project.synthetic.population import (
 )
 from dagster_project.synthetic.truth import PARAMS_FILE, PiiLog, TruthTable, promote, write_truth
 
-__all__ = ["GeneratedSource", "generate", "grow"]
+__all__ = ["GeneratedSource", "Planting", "generate", "grow"]
 
 Planted = dict[str, tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Planting:
+    """How many duplicates to plant: `rate` of the photos (each photo copied at most once),
+    with transforms by their weight in uploads or, `even_transforms`, equally often. More
+    than the default serves to measure duplicate detection per transform."""
+
+    rate: float = 0.03
+    even_transforms: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"duplicate rate must be in [0, 1], not {self.rate}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,7 @@ def _moment(cases: list[Case]) -> dt.datetime:
     return last.replace(hour=3, minute=0, second=0, microsecond=0)
 
 
-def _history(first_request_id: int, dumps: list[tuple[int, int]]) -> _History:
+def _history(first_request_id: int, dumps: list[tuple[int, int]], planting: Planting) -> _History:
     """Draw the population of each (requests, seed) in turn: `generate`'s, then each growth."""
     (requests, seed), *growths = dumps
     key = f"{seed}/{first_request_id}"
@@ -117,7 +131,7 @@ def _history(first_request_id: int, dumps: list[tuple[int, int]]) -> _History:
         requests, random.Random(f"{key}/population"), load_vocabulary(), first_request_id
     )
     plan = random.Random(f"{key}/plan")
-    duplicates = plant_duplicates(population.cases, plan)
+    duplicates = plant_duplicates(population.cases, plan, planting.rate, planting.even_transforms)
     history = _History(
         population,
         [key],
@@ -137,7 +151,7 @@ def _history(first_request_id: int, dumps: list[tuple[int, int]]) -> _History:
             _involved(history.all_duplicates()),
         )
         plan = random.Random(f"{step_key}/plan")
-        duplicates = plant_duplicates(new, plan)
+        duplicates = plant_duplicates(new, plan, planting.rate, planting.even_transforms)
         duplicates |= plant_old_copies(older, new, set(history.all_bad()), plan)
         history.keys.append(step_key)
         history.duplicates.append(duplicates)
@@ -147,7 +161,12 @@ def _history(first_request_id: int, dumps: list[tuple[int, int]]) -> _History:
 
 
 def _write(
-    out: Path, first_request_id: int, dumps: list[_Dump], history: _History, via_postgres: bool
+    out: Path,
+    first_request_id: int,
+    dumps: list[_Dump],
+    history: _History,
+    via_postgres: bool,
+    planting: Planting,
 ) -> GeneratedSource:
     """Write the newest dump of `history`, its new photos and its truth (see module doc)."""
     name = dumps[-1].dump_name
@@ -180,7 +199,10 @@ def _write(
             keys[-1],
             key_of,
         )
-    params = {"first_request_id": first_request_id, "dumps": [asdict(dump) for dump in dumps]}
+    params: dict[str, object] = {"first_request_id": first_request_id}
+    if planting != Planting():  # absent by default: default outputs stay unchanged
+        params["duplicates"] = asdict(planting)
+    params["dumps"] = [asdict(dump) for dump in dumps]
     write_truth(dump_truth, truth.frame(), history.all_duplicates(), history.all_bad(), params)
     promote(dump_truth, truth_dir)
     return GeneratedSource(
@@ -200,17 +222,19 @@ def generate(
     via_postgres: bool = False,
     dump_name: str | None = None,
     first_request_id: int = 1,
+    duplicates: Planting = Planting(),
 ) -> GeneratedSource:
     """Write a synthetic dump, photo backup and ground truth under `out` (see module doc).
 
     `via_postgres` loads the rows into a throwaway PostgreSQL and writes the dump with the
     real pg_dump (needs PostgreSQL binaries and psycopg); `images=False` writes no photos
     (the truth still says which ones exist); `first_request_id` starts the id ranges, so two
-    sources generated with different values do not collide.
+    sources generated with different values do not collide; `duplicates` says how many
+    re-uploads to plant, here and in later growths.
     """
-    history = _history(first_request_id, [(requests, seed)])
+    history = _history(first_request_id, [(requests, seed)], duplicates)
     dump = _Dump(requests, seed, images, dump_name or _dump_name(history.moment))
-    return _write(Path(out), first_request_id, [dump], history, via_postgres)
+    return _write(Path(out), first_request_id, [dump], history, via_postgres, duplicates)
 
 
 def grow(
@@ -234,11 +258,14 @@ def grow(
     params = json.loads(params_path.read_text())
     dumps = [_Dump(**dump) for dump in params["dumps"]]
     first_request_id = params["first_request_id"]
+    planting = Planting(**params.get("duplicates", {}))
     history = _history(
-        first_request_id, [(d.requests, d.seed) for d in dumps] + [(extra_requests, seed)]
+        first_request_id,
+        [(d.requests, d.seed) for d in dumps] + [(extra_requests, seed)],
+        planting,
     )
     name = dump_name or _dump_name(history.moment)
     if any(name <= dump.dump_name for dump in dumps):
         raise ValueError(f"dump name {name!r} does not sort after {dumps[-1].dump_name!r}")
     dumps.append(_Dump(extra_requests, seed, images, name))
-    return _write(source_dir, first_request_id, dumps, history, via_postgres)
+    return _write(source_dir, first_request_id, dumps, history, via_postgres, planting)

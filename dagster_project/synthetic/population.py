@@ -364,13 +364,18 @@ _BAD_WEIGHTS = (35, 15, 20, 20, 10)
 
 
 def plant_duplicates(
-    cases: list[Case], rng: random.Random, rate: float = 0.03
+    cases: list[Case],
+    rng: random.Random,
+    rate: float = 0.03,
+    even_transforms: bool = False,
 ) -> dict[str, tuple[str, str]]:
     """Re-uploads of ~`rate` of the photos of `cases`: new image_uuid -> (original, transform).
 
     Originals are photos of cases that reach the manifest; each copy joins one of `cases`
     that reaches it too: a case of the same patient, or of another patient for
     `exact_copy_other_patient`. The copy's uuid is appended to that case's duplicates.
+    Transforms are drawn by their weight in uploads, or taken in turn with `even_transforms`
+    (each as often as the others, to measure each of them).
     """
     included = [case for case in cases if case.included]
     by_patient: dict[int, list[Case]] = {}
@@ -382,8 +387,11 @@ def plant_duplicates(
     wanted = min(len(originals), max(len(TRANSFORMS), round(rate * total)))
     counter: dict[str, int] = {}
     planted: dict[str, tuple[str, str]] = {}
-    for case, image in originals[:wanted]:
-        transform = forced(rng, TRANSFORMS, _TRANSFORM_WEIGHTS, counter)
+    for index, (case, image) in enumerate(originals[:wanted]):
+        if even_transforms:
+            transform = TRANSFORMS[index % len(TRANSFORMS)]
+        else:
+            transform = forced(rng, TRANSFORMS, _TRANSFORM_WEIGHTS, counter)
         if transform == "exact_copy_other_patient":
             others = [c for c in included if c.patient.id != case.patient.id]
             if not others:
