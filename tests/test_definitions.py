@@ -1,26 +1,10 @@
 """The code location loads: every asset, check and job the UI will show."""
 
 import dagster as dg
+from expected_graph import ASSETS, BLOCKING_CHECKS
 
 from dagster_project.definitions import build_definitions
 from dagster_project.settings import Settings
-
-EXPECTED_ASSETS = {
-    "raw_requests",
-    "raw_annotations",
-    "disease_codes",
-    "normalized_diagnoses",
-    "disease_taxonomy",
-    "image_records",
-    "image_files",
-    "image_embeddings",
-    "duplicate_clusters",
-    "splits",
-    "manifest",
-    "curated_images",
-    "dataset_version",
-}
-BLOCKING_CHECKS = {"no_split_leaks", "no_pii", "unique_image_uuid", "required_columns"}
 
 
 def test_definitions_load(tmp_path, monkeypatch):
@@ -28,7 +12,7 @@ def test_definitions_load(tmp_path, monkeypatch):
     defs = build_definitions(Settings.from_env())
     repository = defs.get_repository_def()
     graph = repository.asset_graph
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == EXPECTED_ASSETS
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == ASSETS
     checks = {key.name: graph.get_check_spec(key) for key in graph.asset_check_keys}
     assert set(checks) >= BLOCKING_CHECKS
     assert all(checks[name].blocking for name in BLOCKING_CHECKS)

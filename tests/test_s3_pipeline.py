@@ -15,6 +15,7 @@ import boto3
 import dagster as dg
 import polars as pl
 import pytest
+from expected_graph import STORED_ASSETS
 from s3server import create_bucket, s3_endpoint  # noqa: F401 (the fixture)
 
 from dagster_project.cli import run_dump
@@ -28,20 +29,6 @@ from dagster_project.synthetic import generate
 
 pytestmark = pytest.mark.slow
 
-#: Assets stored by the IO manager (curated_images and dataset_version write to `curated`).
-STORED_ASSETS = {
-    "raw_requests",
-    "raw_annotations",
-    "disease_codes",
-    "normalized_diagnoses",
-    "disease_taxonomy",
-    "image_records",
-    "image_files",
-    "image_embeddings",
-    "duplicate_clusters",
-    "splits",
-    "manifest",
-}
 
 #: Files every published version holds (besides the datasheet the marker also lists).
 VERSION_FILES = {

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from expected_graph import ASSETS, CHECKS, SCHEDULES, SENSORS
 from PIL import Image, ImageStat
 from s3server import _free_port
 
@@ -29,33 +30,6 @@ from dagster_project.synthetic import generate
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCATION = "dagster_project.definitions"
 REPOSITORY = "__repository__"
-ASSETS = {
-    "raw_requests",
-    "raw_annotations",
-    "disease_codes",
-    "normalized_diagnoses",
-    "disease_taxonomy",
-    "image_records",
-    "image_files",
-    "image_embeddings",
-    "duplicate_clusters",
-    "splits",
-    "manifest",
-    "curated_images",
-    "dataset_version",
-}
-CHECKS = {
-    "no_split_leaks",
-    "no_pii",
-    "unique_image_uuid",
-    "required_columns",
-    "ranges_hold",
-    "split_ratios",
-    "labels_in_every_split",
-    "row_count_vs_previous",
-}
-SENSORS = {"dump_sensor", "check_failure_alerts", "run_failure_alerts"}
-SCHEDULES = {"nightly_recheck"}
 START_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 600
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
