@@ -74,15 +74,8 @@ def main() -> int:
     pl.Config.set_tbl_width_chars(200)
     print(f"data: {args.root} ({data.manifest.height} files, model {data.model_id})")
     print(f"verify + embed {loaded - started:.1f} s; find_duplicates {searched - loaded:.2f} s")
-    g, v = config.geometry, result.verification
-    print(
-        f"thresholds: phash_max_distance={config.phash_max_distance}, "
-        f"perceptual_min_cosine={config.perceptual_min_cosine}, "
-        f"cosine_threshold={config.cosine_threshold}, k_neighbors={config.k_neighbors}; "
-        f"verification band [{config.verify_min_cosine}, {config.cosine_threshold}), "
-        f"{config.verify_neighbors} neighbours per photo, min_inliers={g.min_inliers}, "
-        f"min_overlap={g.min_overlap}, min_correlation={g.min_correlation}"
-    )
+    v = result.verification
+    print(f"thresholds: {config.describe()}")
     print(
         f"geometric verification: checked {v.checked} of {v.candidates} band candidates, "
         f"accepted {v.accepted}, {v.seconds:.1f} s"

@@ -78,15 +78,7 @@ def main() -> int:
         f"generate {generated - started:.1f} s; verify + embed {loaded - generated:.1f} s; "
         f"find_duplicates x2 {done - loaded:.1f} s"
     )
-    g = config.geometry
-    print(
-        f"thresholds: phash_max_distance={config.phash_max_distance}, "
-        f"perceptual_min_cosine={config.perceptual_min_cosine}, "
-        f"cosine_threshold={config.cosine_threshold}, k_neighbors={config.k_neighbors}; "
-        f"verification band [{config.verify_min_cosine}, {config.cosine_threshold}), "
-        f"{config.verify_neighbors} neighbours per photo, min_inliers={g.min_inliers}, "
-        f"min_overlap={g.min_overlap}, min_correlation={g.min_correlation}"
-    )
+    print(f"thresholds: {config.describe()}")
     print(_verification("every pair", evaluation.every_pair_result))
     print(_verification("cross case", evaluation.cross_case_result))
     print("scored as clusters (every pair inside a connected component counts as predicted)")

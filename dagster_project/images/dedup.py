@@ -134,6 +134,18 @@ class DedupConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)}")
 
+    def describe(self) -> str:
+        """The thresholds in one line, for reports and benchmark output."""
+        g = self.geometry
+        return (
+            f"phash_max_distance={self.phash_max_distance}, "
+            f"perceptual_min_cosine={self.perceptual_min_cosine}, "
+            f"cosine_threshold={self.cosine_threshold}, k_neighbors={self.k_neighbors}; "
+            f"verification band [{self.verify_min_cosine}, {self.cosine_threshold}), "
+            f"{self.verify_neighbors} neighbours per photo, min_inliers={g.min_inliers}, "
+            f"min_overlap={g.min_overlap}, min_correlation={g.min_correlation}"
+        )
+
     @classmethod
     def calibrated(
         cls, phash_max_distance: int | None = None, cosine_threshold: float | None = None
