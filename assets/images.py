@@ -99,7 +99,8 @@ def duplicate_clusters(
 ) -> dg.Output[pl.DataFrame]:
     """Exact, perceptual, embedding and geometrically verified duplicates joined into
     clusters, plus outlier scores. Verification reads the photos of the candidate pairs
-    (embedding neighbours just below the cosine threshold) from the backup.
+    (embedding neighbours just below the cosine threshold) from the backup, unless the cache
+    holds the verdict on that pair of contents.
 
     One row per readable photo: image_uuid, cluster_id, cluster_size, representative (the
     image_uuid of the cluster's largest photo), homogeneous (diagnoses agree), outlier_score.
@@ -120,13 +121,15 @@ def duplicate_clusters(
     )
     store = backup.store()
     backup_key = dict(zip(image_files["image_uuid"], image_files["key"], strict=True))
-    result = find_duplicates(
-        facts,
-        np.asarray(facts["embedding"].to_numpy(), dtype=np.float32).reshape(facts.height, -1),
-        config,
-        case_ids=facts["case_uuid"].to_list(),
-        labels=facts["diagnosis"].to_list(),
-        read=lambda image_uuid: store.read_bytes(backup_key[image_uuid]),
-    )
+    with FactCache(curation.cache_path("image_facts")) as cache:
+        result = find_duplicates(
+            facts,
+            np.asarray(facts["embedding"].to_numpy(), dtype=np.float32).reshape(facts.height, -1),
+            config,
+            case_ids=facts["case_uuid"].to_list(),
+            labels=facts["diagnosis"].to_list(),
+            read=lambda image_uuid: store.read_bytes(backup_key[image_uuid]),
+            cache=cache,
+        )
     clusters = result.clusters.rename({"key": "image_uuid"})
     return dg.Output(clusters, metadata=result.metadata())

@@ -2,7 +2,8 @@
 
 Generates a small synthetic source with photos, runs the image stages on its backup folder
 (inspect_images with a FactCache and the store's listing as `stat`, as the image_files asset
-does; embed_ok_images with the same cache; find_duplicates), then grows the source by ~1%
+does; embed_ok_images and find_duplicates with geometric verification, with the same cache,
+as the other image assets do), then grows the source by ~1%
 more requests (synthetic.grow: new photos in the same backup, some of them copies of older
 ones) and runs the stages again on the same cache. The baseline of the same run is the grown
 folder built with an empty cache. Reads are counted at the store, so the hit rates are what
@@ -66,23 +67,36 @@ def image_stages(root: Path, cache_dir: Path, embedder: Embedder, workers: int) 
         inspected = time.perf_counter()
         store.stage = "embed"
         vectors = embed_ok_images(facts, store.read_bytes, embedder, cache=cache)
-    embedded = time.perf_counter()
-    result = find_duplicates(facts, vectors)
+        embedded = time.perf_counter()
+        store.stage = "verify"
+        result = find_duplicates(facts, vectors, read=store.read_bytes, cache=cache)
     done = time.perf_counter()
     distinct = facts.filter(facts["status"] == "ok")["sha256"].n_unique()
+    verification = result.verification
+    judged = verification.computed + verification.cached
     return {
         "files": len(keys),
         "distinct_ok_photos": distinct,
         "inspect_reads": store.reads["inspect"],
         "embed_reads": store.reads["embed"],
+        "verify_reads": store.reads["verify"],
+        "verify_pairs_computed": verification.computed,
+        "verify_pairs_cached": verification.cached,
         "facts_hit_rate": round(1 - store.reads["inspect"] / len(keys), 4),
         "embeddings_hit_rate": round(1 - store.reads["embed"] / distinct, 4),
+        "verdicts_hit_rate": round(verification.cached / judged, 4) if judged else None,
         "inspect_s": round(inspected - started, 2),
         "embed_s": round(embedded - inspected, 2),
         "dedup_s": round(done - embedded, 2),
         "total_s": round(done - started, 2),
         "clusters": result.clusters["cluster_id"].n_unique(),
+        "cluster_ids": result.clusters["cluster_id"].to_list(),
     }
+
+
+def shown(run: dict) -> str:
+    """The run's figures on one line (the cluster ids only serve the comparison)."""
+    return json.dumps({name: value for name, value in run.items() if name != "cluster_ids"})
 
 
 def main() -> None:
@@ -100,22 +114,26 @@ def main() -> None:
         print(f"generated {base.n_images} files in {time.perf_counter() - started:.0f} s")
         embedder = Embedder(EmbedderConfig(workers=args.workers))
         first = image_stages(base.backup_dir, work / "cache", embedder, args.workers)
-        print(f"first build (empty cache):     {json.dumps(first)}")
+        print(f"first build (empty cache):     {shown(first)}")
         extra = max(1, round(args.growth * args.requests))
         grown = grow(work / "source", extra_requests=extra, seed=1)
         second = image_stages(grown.backup_dir, work / "cache", embedder, args.workers)
-        print(f"rebuild after {extra} more requests: {json.dumps(second)}")
+        print(f"rebuild after {extra} more requests: {shown(second)}")
         cold = image_stages(grown.backup_dir, work / "cache_cold", embedder, args.workers)
-        print(f"same folder, empty cache:      {json.dumps(cold)}")
+        print(f"same folder, empty cache:      {shown(cold)}")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     new_files = second["files"] - first["files"]
     cached_s, cold_s = (run["inspect_s"] + run["embed_s"] for run in (second, cold))
     print(f"load average at end {load_average()}")
+    rate = second["verdicts_hit_rate"]
+    verdicts = "none judged" if rate is None else f"{rate:.1%}"
     print(
         f"growth: {new_files} new files ({new_files / first['files']:.1%}); rebuild hit rates: "
-        f"facts {second['facts_hit_rate']:.1%}, embeddings {second['embeddings_hit_rate']:.1%}; "
+        f"facts {second['facts_hit_rate']:.1%}, embeddings {second['embeddings_hit_rate']:.1%}, "
+        f"verdicts {verdicts}; "
+        f"clusters as the cold build's: {second['cluster_ids'] == cold['cluster_ids']}; "
         f"time rebuild/first {second['total_s'] / first['total_s']:.2f}, "
         f"rebuild/cold on the same folder {second['total_s'] / cold['total_s']:.2f} "
         f"(inspect+embed only: {cached_s / cold_s:.2f})"

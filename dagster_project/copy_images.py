@@ -7,17 +7,22 @@ of ~370K photos must survive crashes and re-runs cheaply. So the copy is
   server-side copy is checked against the SHA-256 S3 computes for it, where the endpoint
   returns one; an item without an expected SHA-256 is compared with what the source records,
   and by size alone when the source records no checksum);
+- cheap to re-run: the copy record (`RECORD_KEY`, in the destination) keeps the version and
+  size at which each object's SHA-256 was verified, so a re-run skips what is unchanged from
+  one listing of the destination, with no request per object;
 - resumable: objects appear atomically (S3 puts; local temp file + rename), so after a crash a
   re-run copies only what is missing or differs;
 - concurrent: a bounded thread pool; server-side `copy_object` when both ends are S3 on one
-  endpoint, download + upload otherwise;
+  endpoint (one request per image), download + upload otherwise;
 - accountable: each failure is retried with exponential backoff, then reported with its
   reason; nothing silently vanishes. A dry run reports what would be copied, writing nothing.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import random
 import time
@@ -30,6 +35,13 @@ from typing import Literal, NamedTuple
 from dagster_project.storage import ObjectStat, ObjectStore, S3Store
 
 Progress = Callable[[int, int], None]
+
+#: The copy record's key in the destination: gzipped JSON, destination key -> [version, size,
+#: sha256] of the object as last verified. An entry only vouches for an object whose listed
+#: version (ETag; mtime+size locally) and size are still those, so a missing, stale or
+#: unreadable record costs one HEAD per object, never a wrong skip.
+RECORD_KEY = "copy-record.json.gz"
+_RECORD_FORMAT = 1
 
 
 class CopyItem(NamedTuple):
@@ -62,7 +74,19 @@ class _Permanent(Exception):
     """A failure that retrying cannot fix (missing source, content differs from expected)."""
 
 
-Outcome = tuple[Literal["copied", "skipped"], int]
+class _Verified(NamedTuple):
+    """A copy-record entry: the object had this SHA-256 at this version and size."""
+
+    version: str
+    size: int
+    sha256: str
+
+
+class _Done(NamedTuple):
+    outcome: Literal["copied", "skipped"]
+    bytes: int
+    #: What the copy record may keep about the destination object now; None: nothing.
+    verified: _Verified | None
 
 
 @dataclass(frozen=True)
@@ -77,12 +101,12 @@ class _Copier:
     def server_side(self) -> bool:
         return isinstance(self.dest, S3Store) and self.dest.can_copy_from(self.source)
 
-    def run(self, item: CopyItem, present_size: int | None) -> Outcome:
+    def run(self, item: CopyItem, present: ObjectStat | None) -> _Done:
         """Copy one item, retrying transient failures with exponential backoff and jitter."""
         attempt = 0
         while True:
             try:
-                return self._once(item, present_size)
+                return self._once(item, present)
             except _Permanent:
                 raise
             except Exception as err:
@@ -106,19 +130,27 @@ class _Copier:
         found = self._source_stat(item)
         return found.size, found.sha256
 
-    def _up_to_date(self, item: CopyItem, present_size: int) -> bool:
+    def _check_present(self, item: CopyItem, present: ObjectStat) -> _Done | None:
+        """A skip if the destination object has the expected size and SHA-256, else None."""
         size, sha256 = self._expected(item)
-        if size is not None and size != present_size:
-            return False
-        return sha256 is None or self.dest.sha256(item.dest_key) == sha256
+        if size is not None and size != present.size:
+            return None
+        if sha256 is None:
+            return _Done("skipped", 0, None)
+        # Version first, then checksum: a change in between leaves a record entry that no
+        # longer matches the listing, never one that vouches for unchecked content.
+        found = self.dest.stat(item.dest_key)
+        if found is None or (found.sha256 or self.dest.sha256(item.dest_key)) != sha256:
+            return None
+        return _Done("skipped", 0, _Verified(found.version, found.size, sha256))
 
-    def _once(self, item: CopyItem, present_size: int | None) -> Outcome:
-        if present_size is not None and self._up_to_date(item, present_size):
-            return "skipped", 0
+    def _once(self, item: CopyItem, present: ObjectStat | None) -> _Done:
+        if present is not None and (skip := self._check_present(item, present)) is not None:
+            return skip
         if self.dry_run:
-            return "copied", self._source_stat(item).size
+            return _Done("copied", self._source_stat(item).size, None)
         if self.server_side:
-            return "copied", self._copy_server_side(item)
+            return self._copy_server_side(item)
         data = self.source.read_bytes(item.src_key)
         if data is None:
             raise _Permanent(f"missing in source: {self.source.uri(item.src_key)}")
@@ -128,28 +160,61 @@ class _Copier:
         if item.sha256 is not None and digest != item.sha256.lower():
             raise _Permanent(f"source sha256 {digest} differs from expected {item.sha256}")
         self.dest.write_bytes(item.dest_key, data)
-        return "copied", len(data)
+        # Not recorded: the write returns no version; the next run verifies it once.
+        return _Done("copied", len(data), None)
 
-    def _copy_server_side(self, item: CopyItem) -> int:
+    def _copy_server_side(self, item: CopyItem) -> _Done:
         assert isinstance(self.dest, S3Store) and isinstance(self.source, S3Store)
         try:
-            digest = self.dest.copy_from(self.source, item.src_key, item.dest_key)
+            version, digest = self.dest.copy_from(self.source, item.src_key, item.dest_key)
         except FileNotFoundError as err:
             raise _Permanent(f"missing in source: {err}") from err
         if item.sha256 is not None and digest is not None and digest != item.sha256.lower():
             self.dest.delete(item.dest_key)
             raise _Permanent(f"copied object's sha256 {digest} differs from expected {item.sha256}")
         if item.size is not None:
-            return item.size
-        found = self.dest.stat(item.dest_key)
-        return found.size if found else 0
+            size = item.size
+        else:
+            found = self.dest.stat(item.dest_key)
+            size = found.size if found else 0
+        return _Done("copied", size, _Verified(version, size, digest) if digest else None)
 
 
-def _present_sizes(dest: ObjectStore, keys: Sequence[str]) -> dict[str, int]:
-    """Sizes of the wanted keys already in `dest`, from one listing of their common prefix."""
+def _listing(dest: ObjectStore, keys: Sequence[str]) -> dict[str, ObjectStat]:
+    """The wanted keys already in `dest`, from one listing of their common prefix."""
     wanted = set(keys)
     prefix = os.path.commonprefix(list(keys)) if keys else ""
-    return {found.key: found.size for found in dest.list(prefix) if found.key in wanted}
+    return {found.key: found for found in dest.list(prefix) if found.key in wanted}
+
+
+def _read_record(dest: ObjectStore) -> dict[str, _Verified]:
+    """The destination's copy record; empty when absent or unreadable (it is rewritten)."""
+    raw = dest.read_bytes(RECORD_KEY)
+    if raw is None:
+        return {}
+    try:
+        record = json.loads(gzip.decompress(raw))
+        if record["format"] != _RECORD_FORMAT:
+            return {}
+        return {key: _Verified(*entry) for key, entry in record["objects"].items()}
+    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _write_record(dest: ObjectStore, record: dict[str, _Verified]) -> None:
+    objects = {key: list(entry) for key, entry in sorted(record.items())}
+    data = json.dumps({"format": _RECORD_FORMAT, "objects": objects}, separators=(",", ":"))
+    dest.write_bytes(RECORD_KEY, gzip.compress(data.encode(), mtime=0))
+
+
+def _vouches(entry: _Verified | None, present: ObjectStat, item: CopyItem) -> bool:
+    """Whether a record entry proves the present object is the expected one, request-free."""
+    return (
+        entry is not None
+        and item.sha256 is not None
+        and entry == (present.version, present.size, item.sha256.lower())
+        and item.size in (None, present.size)
+    )
 
 
 def copy_images(
@@ -174,39 +239,59 @@ def copy_images(
     dest_keys = [item.dest_key for item in plan]
     if dups := sorted(key for key, n in Counter(dest_keys).items() if n > 1):
         raise ValueError(f"destination keys appear more than once in the copy items: {dups[:5]}")
-    present = _present_sizes(dest, dest_keys)
+    listing = _listing(dest, dest_keys)
+    record = _read_record(dest)
+    updated = dict(record)
     copier = _Copier(source, dest, dry_run, retries, backoff_s)
     report = CopyReport(dry_run=dry_run)
-    pending: dict[Future[Outcome], CopyItem] = {}
-    queue = iter(plan)
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy-images") as pool:
-        try:
-            while True:
-                while len(pending) < 4 * workers and (item := next(queue, None)) is not None:
-                    pending[pool.submit(copier.run, item, present.get(item.dest_key))] = item
-                if not pending:
-                    break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    item = pending.pop(future)
-                    try:
-                        outcome, size = future.result()
-                    except _Permanent as err:
-                        report.failed.append((item.dest_key, str(err)))
-                    else:
-                        if outcome == "copied":
-                            report.copied += 1
-                            report.copied_keys.append(item.dest_key)
-                        else:
-                            report.skipped += 1
-                        report.bytes += size
-                    done += 1
-                    if progress is not None:
-                        progress(done, len(plan))
-        finally:
-            for future in pending:
-                future.cancel()
+    pending: dict[Future[_Done], CopyItem] = {}
+
+    def settle(item: CopyItem, done: _Done | _Permanent) -> None:
+        if isinstance(done, _Permanent):
+            report.failed.append((item.dest_key, str(done)))
+            updated.pop(item.dest_key, None)
+        else:
+            if done.outcome == "copied":
+                report.copied += 1
+                report.copied_keys.append(item.dest_key)
+            else:
+                report.skipped += 1
+            report.bytes += done.bytes
+            if done.verified is not None:
+                updated[item.dest_key] = done.verified
+            else:
+                updated.pop(item.dest_key, None)
+        if progress is not None:
+            finished = report.copied + report.skipped + len(report.failed)
+            progress(finished, len(plan))
+
+    def settle_finished(futures: Iterable[Future[_Done]]) -> None:
+        for future in futures:
+            item = pending.pop(future)
+            try:
+                settle(item, future.result())
+            except _Permanent as err:
+                settle(item, err)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy-images") as pool:
+            try:
+                for item in plan:
+                    present = listing.get(item.dest_key)
+                    if present is not None and _vouches(record.get(item.dest_key), present, item):
+                        settle(item, _Done("skipped", 0, record[item.dest_key]))
+                        continue
+                    if len(pending) >= 4 * workers:
+                        settle_finished(wait(pending, return_when=FIRST_COMPLETED).done)
+                    pending[pool.submit(copier.run, item, present)] = item
+                while pending:
+                    settle_finished(wait(pending, return_when=FIRST_COMPLETED).done)
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        if not dry_run and updated != record:
+            _write_record(dest, updated)
     return report
 
 

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from dagster_project.flatten import source_frame
 from dagster_project.schema import ANNOTATIONS_TABLE, DISEASE_CODES_TABLE
+from dagster_project.values import load_json
 
 _CLASS_NAME = "DiseaseCorrecter"
 _CLASS_DEFINITION = re.compile(rf"^\s*class\s+{_CLASS_NAME}\b", re.MULTILINE)
@@ -207,9 +208,9 @@ def latest_annotations(annotations: pl.DataFrame) -> pl.DataFrame:
 def _decode_diagnoses(text: str | None, counts: Counter[str]) -> list[Any]:
     """The diagnoses array, decoding a double-encoded string; [] (counted) if unusable."""
     try:
-        value = json.loads(text) if text is not None else None
+        value = load_json(text) if text is not None else None
         if isinstance(value, str):
-            value = json.loads(value)
+            value = load_json(value)
     except (ValueError, RecursionError):
         counts["annotations_diagnoses_invalid_json"] += 1
         return []
@@ -246,7 +247,7 @@ def normalize_diagnoses(
     primaries: list[str | None] = []
     icd9s: list[str | None] = []
     all_names: list[list[str]] = []
-    for text in latest.get_column("diagnoses").to_list():
+    for text in latest.get_column("diagnoses").cast(pl.Binary).to_list():
         primary: str | None = None
         icd9: str | None = None
         names: list[str] = []

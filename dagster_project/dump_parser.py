@@ -26,6 +26,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -36,6 +37,8 @@ __all__ = ["DumpFormatError", "detect_format", "stream_tables"]
 
 _CHUNK = 8 << 20  # bytes read at a time
 _MAX_PENDING = 256 << 20  # longest statement or COPY line accepted (bounds memory)
+_MARKER_HOPS = 64  # backslashes visited in Python before one in 256 bytes is "dense"
+_NUMPY_SPAN = 1 << 20  # bytes compared at a time when counting lines
 
 
 class DumpFormatError(ValueError):
@@ -611,7 +614,7 @@ class _PlainDump:
 
     def _advance(self, end: int, newlines: int | None = None) -> None:
         """Move to `end`, counting lines (`newlines`: how many, when already counted)."""
-        self.line += self.buf.count(b"\n", self.pos, end) if newlines is None else newlines
+        self.line += _count_newlines(self.buf, self.pos, end) if newlines is None else newlines
         self.pos = end
 
     def _at_statement(self) -> bool:
@@ -695,7 +698,7 @@ class _PlainDump:
             buf, pos = self.buf, self.pos
             end = pos if self.eof and buf[pos:] == b"\\." else _end_marker(buf, pos)
             stop = end if end != -1 else max(buf.rfind(b"\n", pos) + 1, pos)
-            count = buf.count(b"\n", pos, stop)
+            count = _count_newlines(buf, pos, stop)
             if batches:
                 yield from batches.add_copy(buf[pos:stop], count, self.line)
             self._advance(stop, count)
@@ -953,7 +956,7 @@ class _CustomArchive:
         batches = _Batches(binding, self.batch_rows, fail, copy_text=True)
         row = 1
         for region in self._copy_text(compression, table):
-            count = region.count(b"\n")
+            count = _count_newlines(region)
             yield from batches.add_copy(region, count, row)
             row += count
         yield from batches.finish()
@@ -997,8 +1000,34 @@ def _label(key: tuple[str, str]) -> str:
 
 
 def _end_marker(data: bytes, start: int = 0) -> int:
-    """Offset of the `\\.` line that ends COPY data, from `start` (a line start), or -1."""
+    """Offset of the `\\.` line that ends COPY data, from `start` (a line start), or -1.
+
+    Hops from backslash to backslash (a one-byte `find` runs at memchr speed, several times
+    faster than searching the four-byte marker, which ends in the commonest byte); where
+    backslashes are dense, searches the marker instead.
+    """
     if data.startswith(b"\\.\n", start):
         return start
-    found = data.find(b"\n\\.\n", start)
+    found, hops = start, 0
+    while hops <= _MARKER_HOPS + ((found - start) >> 8):
+        found = data.find(b"\\", found + 1)
+        if found == -1:
+            return -1
+        if data[found - 1] == 0x0A and data.startswith(b".\n", found + 1):
+            return found
+        hops += 1
+    found = data.find(b"\n\\.\n", found - 1)
     return found + 1 if found != -1 else -1
+
+
+def _count_newlines(data: bytes, start: int = 0, stop: int | None = None) -> int:
+    """`data.count(b"\\n", start, stop)`, three times faster on long spans: bytes.count visits
+    a byte at a time, numpy compares a megabyte at a time with SIMD."""
+    stop = len(data) if stop is None else stop
+    if stop - start < _NUMPY_SPAN:
+        return data.count(b"\n", start, stop)
+    view = np.frombuffer(data, np.uint8, stop - start, start)
+    return sum(
+        int(np.count_nonzero(view[at : at + _NUMPY_SPAN] == 0x0A))
+        for at in range(0, len(view), _NUMPY_SPAN)
+    )

@@ -98,44 +98,76 @@ def nightly_recheck(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg
     return dg.RunRequest(partition_key=partitions[-1])
 
 
+RUN_ENDS = (
+    dg.DagsterEventType.RUN_SUCCESS,
+    dg.DagsterEventType.RUN_FAILURE,
+    dg.DagsterEventType.RUN_CANCELED,
+)
+RUNS_PER_TICK = 100
+
+
+def run_ends_after(
+    instance: dg.DagsterInstance, after_storage_id: int | None, limit: int
+) -> list[dg.EventLogRecord]:
+    """The first `limit` run-end events after `after_storage_id`, oldest first.
+
+    Each end status is fetched up to `limit`, so the first `limit` of the merge are the first
+    overall.
+    """
+    records = [
+        record
+        for event_type in RUN_ENDS
+        for record in instance.fetch_run_status_changes(
+            dg.RunStatusChangeRecordsFilter(event_type, after_storage_id=after_storage_id),
+            limit=limit,
+            ascending=True,
+        ).records
+    ]
+    return sorted(records, key=lambda record: record.storage_id)[:limit]
+
+
 @dg.sensor(
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Notifies maintainers of every failed asset check.",
+    description="Notifies maintainers of every failed asset check, once its run has ended.",
 )
 def check_failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertNotifier) -> None:
-    records = context.instance.get_event_records(
-        dg.EventRecordsFilter(
-            event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION,
-            after_cursor=int(context.cursor) if context.cursor else None,
+    """One alert per failed check evaluation, read run by run once the run has ended.
+
+    Dagster's supported reads of check evaluations are per run (reading them across runs,
+    `get_event_records`, goes in 2.0), so the cursor is the storage id of the last run-end event
+    handled: a run's evaluations are all stored before its end event, and each run ends once.
+    """
+    after = int(context.cursor) if context.cursor else None
+    for run_end in run_ends_after(context.instance, after, RUNS_PER_TICK):
+        evaluations = context.instance.get_records_for_run(
+            run_end.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
+        for record in evaluations:
+            evaluation = record.event_log_entry.get_dagster_event().asset_check_evaluation_data
+            if not evaluation.passed:
+                alerts.notify(_check_alert(evaluation, run_end.run_id, alerts), context.log)
+        context.update_cursor(str(run_end.storage_id))
+
+
+def _check_alert(evaluation: dg.AssetCheckEvaluation, run_id: str, alerts: AlertNotifier) -> Alert:
+    """Names only: the evaluation's metadata may quote the data, so it never goes out."""
+    asset = evaluation.asset_key.to_user_string()
+    return Alert(
+        kind="check_failed",
+        title=f"check {evaluation.check_name} failed on {asset}",
+        asset=asset,
+        check=evaluation.check_name,
+        partition=evaluation.partition,
+        run_id=run_id,
+        run_url=alerts.run_url(run_id),
+        severity=evaluation.severity.value,
+        description=(
+            "Blocking: nothing was published."
+            if evaluation.blocking
+            else "Warning: the version was published."
         ),
-        limit=200,
-        ascending=True,
     )
-    for record in records:
-        evaluation = record.event_log_entry.dagster_event.event_specific_data
-        if not evaluation.passed:
-            run_id = record.event_log_entry.run_id
-            alerts.notify(
-                Alert(
-                    kind="check_failed",
-                    title=f"check {evaluation.check_name} failed on "
-                    f"{evaluation.asset_key.to_user_string()}",
-                    asset=evaluation.asset_key.to_user_string(),
-                    check=evaluation.check_name,
-                    partition=evaluation.partition,
-                    run_id=run_id,
-                    run_url=alerts.run_url(run_id),
-                    severity=evaluation.severity.value,
-                    description=(
-                        "Blocking: nothing was published."
-                        if evaluation.blocking
-                        else "Warning: the version was published."
-                    ),
-                ),
-                context.log,
-            )
-        context.update_cursor(str(record.storage_id))
 
 
 @dg.run_failure_sensor(

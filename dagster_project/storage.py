@@ -428,12 +428,12 @@ class S3Store(ObjectStore):
         """Whether `copy_from(source, ...)` can copy server-side (same S3 endpoint)."""
         return isinstance(source, S3Store) and source.endpoint_url == self.endpoint_url
 
-    def copy_from(self, source: S3Store, src_key: str, dest_key: str) -> str | None:
+    def copy_from(self, source: S3Store, src_key: str, dest_key: str) -> tuple[str, str | None]:
         """Copy an object inside S3 (no bytes pass through this process).
 
-        Returns the SHA-256 of the copy as S3 computed it (None if the endpoint gave none).
-        This store's credentials must be allowed to read the source bucket. Objects over
-        5 GB cannot be copied in one request (S3's limit; the error says so).
+        Returns the copy's version (ETag) and its SHA-256 as S3 computed it (None if the
+        endpoint gave none). This store's credentials must be allowed to read the source
+        bucket. Objects over 5 GB cannot be copied in one request (S3's limit; the error says so).
         """
         try:
             response = self.client.copy_object(
@@ -446,7 +446,8 @@ class S3Store(ObjectStore):
             if _error_code(err) in _MISSING_CODES:
                 raise FileNotFoundError(f"{source.uri(src_key)} does not exist") from err
             raise
-        return _b64_to_hex(response.get("CopyObjectResult", {}).get("ChecksumSHA256"))
+        result = response["CopyObjectResult"]
+        return result["ETag"].strip('"'), _b64_to_hex(result.get("ChecksumSHA256"))
 
 
 def store_from_uri(

@@ -19,10 +19,13 @@ items are dropped; booleans accept the integral numbers ``1``/``0`` (also writte
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from enum import Enum
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
+
+import orjson
 
 
 class Invalid(Enum):
@@ -42,6 +45,18 @@ _NUMBER = re.compile(r"[+-]?[0-9]+(?:[.,][0-9]+)?")
 DURATION_UNIT_DAYS: Final = {"days": 1.0, "weeks": 7.0, "months": 30.0, "years": 365.0}
 
 T = TypeVar("T")
+
+
+def load_json(text: bytes | str) -> Any:
+    """A JSON document, decoded by orjson (about twice as fast as the standard library), else
+    by the standard library, which also reads numbers beyond a double's range (``1e400``).
+
+    Raises ValueError (or RecursionError) when it is not JSON.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def parse_bool3(v: object) -> bool | Invalid | None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from s3server import create_bucket, s3_endpoint  # noqa: F401  (pytest fixture)
 
-from dagster_project.copy_images import CopyItem, copy_images, remove_extraneous
-from dagster_project.storage import LocalStore, ObjectStore, S3Store
+from dagster_project.copy_images import RECORD_KEY, CopyItem, copy_images, remove_extraneous
+from dagster_project.storage import LocalStore, ObjectStat, ObjectStore, S3Store
 
 N = 24
 
@@ -49,21 +49,43 @@ def fill_source(source: ObjectStore, n: int = N, seed: int = 7) -> list[CopyItem
 
 
 def assert_dest_equals(source: ObjectStore, dest: ObjectStore, items: list[CopyItem]) -> None:
-    assert [s.key for s in dest.list()] == sorted(item.dest_key for item in items)
+    assert [s.key for s in dest.list() if s.key != RECORD_KEY] == sorted(
+        item.dest_key for item in items
+    )
     for item in items:
         assert dest.read_bytes(item.dest_key) == source.read_bytes(item.src_key)
 
 
 def s3_calls(store: ObjectStore) -> Counter[str]:
+    """Operation name -> how many requests `store` makes from now on, and "Operation key"
+    -> how many for each of the store's object keys."""
     calls: Counter[str] = Counter()
     if isinstance(store, S3Store):
         store.client.meta.events.register(
-            "before-call.s3", lambda model, **_: calls.update([model.name])
+            "before-parameter-build.s3",
+            lambda params, model, **_: calls.update(
+                [model.name, f"{model.name} {params.get('Key', '').removeprefix(store.prefix)}"]
+            ),
         )
     return calls
 
 
-def test_copies_everything_then_nothing(stores: tuple[ObjectStore, ObjectStore]) -> None:
+def count_stats(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Keys -> how often `store.stat` is asked for them from now on (a HEAD on S3)."""
+    asked: Counter[str] = Counter()
+    stat = store.stat
+
+    def counting(key: str) -> ObjectStat | None:
+        asked[key] += 1
+        return stat(key)
+
+    monkeypatch.setattr(store, "stat", counting)
+    return asked
+
+
+def test_copies_everything_then_nothing(
+    stores: tuple[ObjectStore, ObjectStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
     source, dest = stores
     items = fill_source(source)
     report = copy_images(source, dest, items, workers=4)
@@ -71,11 +93,23 @@ def test_copies_everything_then_nothing(stores: tuple[ObjectStore, ObjectStore])
     assert report.bytes == sum(item.size or 0 for item in items)
     assert sorted(report.copied_keys) == sorted(item.dest_key for item in items)
     assert_dest_equals(source, dest, items)
+    server_side = isinstance(source, S3Store) and isinstance(dest, S3Store)
 
-    writes = s3_calls(dest)
+    before = {s.key: s.version for s in dest.list("images/")}
+    calls, stats = s3_calls(dest), count_stats(dest, monkeypatch)
     again = copy_images(source, dest, items, workers=4)
     assert (again.copied, again.skipped, again.failed, again.bytes) == (0, N, [], 0)
-    assert writes["PutObject"] == writes["CopyObject"] == writes["GetObject"] == 0
+    assert {s.key: s.version for s in dest.list("images/")} == before
+    assert calls["CopyObject"] == 0
+    assert calls["GetObject"] == calls[f"GetObject {RECORD_KEY}"], "no image read"
+    assert calls["PutObject"] == calls[f"PutObject {RECORD_KEY}"], "no image written"
+    # A server-side copy is recorded with the version and checksum S3 returned; an upload
+    # is checked once by the next run (one HEAD, or hashing the local file), then recorded.
+    assert sum(stats.values()) == (0 if server_side else N)
+
+    stats.clear()
+    third = copy_images(source, dest, items, workers=4)
+    assert (third.copied, third.skipped, sum(stats.values())) == (0, N, 0)
 
 
 def test_plain_tuples_and_unknown_checksums(stores: tuple[ObjectStore, ObjectStore]) -> None:
@@ -98,7 +132,7 @@ def test_interrupted_copy_resumes_with_only_the_missing(
 
     with pytest.raises(KeyboardInterrupt):
         copy_images(source, dest, items, workers=2, progress=crash_after_five)
-    present = {s.key for s in dest.list()}
+    present = {s.key for s in dest.list("images/")}
     assert 5 <= len(present) < N
     for key in present:
         item = next(i for i in items if i.dest_key == key)
@@ -196,8 +230,10 @@ def test_s3_to_s3_copies_server_side(tmp_path: Path, s3_endpoint: str) -> None: 
     source_calls, dest_calls = s3_calls(source), s3_calls(dest)
     report = copy_images(source, dest, items, workers=4)
     assert report.copied == N
-    assert dest_calls["CopyObject"] == N
-    assert dest_calls["PutObject"] == dest_calls["GetObject"] == source_calls["GetObject"] == 0
+    assert dest_calls["CopyObject"] == N and dest_calls["HeadObject"] == 0
+    assert dest_calls["PutObject"] == dest_calls[f"PutObject {RECORD_KEY}"] == 1
+    assert dest_calls["GetObject"] == 1, "the copy record, nothing else"
+    assert source_calls["GetObject"] == 0
     assert_dest_equals(source, dest, items)
     for item in items:
         assert dest.sha256(item.dest_key) == item.sha256, "checksum stored by the server"

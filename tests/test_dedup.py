@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from dagster_project.images.cache import FactCache
 from dagster_project.images.dedup import (
     DedupConfig,
     candidate_pairs,
@@ -17,6 +18,7 @@ from dagster_project.images.dedup import (
     find_duplicates,
     outlier_scores,
 )
+from dagster_project.images.geometry import GeometryConfig
 from dagster_project.images.search import build_search, nearest_neighbours, search_recall
 
 # Loose perceptual veto so the hash tests do not depend on the vectors.
@@ -351,3 +353,82 @@ def test_bad_input_is_named():
         DedupConfig(verify_max_pairs=-1)
     assert DedupConfig.calibrated(cosine_threshold=0.9).cosine_threshold == 0.9
     assert DedupConfig.calibrated().phash_max_distance == DedupConfig().phash_max_distance
+
+
+class Reads:
+    """A reader over ``photos`` that records every key it is asked for (from threads)."""
+
+    def __init__(self, photos: dict[str, bytes]) -> None:
+        self.photos = photos
+        self.keys: list[str] = []
+
+    def __call__(self, key: str) -> bytes | None:
+        self.keys.append(key)
+        return self.photos.get(key)
+
+
+def test_verdicts_cached_by_content_are_not_read_again(tmp_path):
+    vectors, photos = band_photos()
+    facts = facts_frame(far_hashes(4))
+    first_reads = Reads(photos)
+    with FactCache(tmp_path) as cache:
+        first = find_duplicates(facts, vectors, NO_VETO, read=first_reads, cache=cache)
+    assert (first.verification.computed, first.verification.cached) == (3, 0)
+    assert set(first_reads.keys) == {"img0", "img1", "img2"}
+    assert first.verification.photos_read == len(first_reads.keys)
+    # The same contents under other keys (another dump): nothing is read, same clusters.
+    renamed = facts.with_columns(pl.concat_str(pl.lit("new/"), "key").alias("key"))
+    second_reads = Reads({f"new/{key}": data for key, data in photos.items()})
+    second = find_duplicates(
+        renamed, vectors, NO_VETO, read=second_reads, cache=FactCache(tmp_path)
+    )
+    assert second_reads.keys == []
+    v = second.verification
+    assert (v.computed, v.cached, v.accepted, v.photos_read) == (0, 3, 1, 0)
+    assert second.pairs.equals(first.pairs)
+    assert second.clusters["cluster_id"].equals(first.clusters["cluster_id"])
+
+
+def test_only_pairs_of_a_new_photo_are_verified(tmp_path):
+    import random
+
+    from dagster_project.synthetic.images import transform_photo
+
+    vectors, photos = band_photos()
+    facts = facts_frame(far_hashes(4))
+    find_duplicates(facts, vectors, NO_VETO, read=photos.get, cache=FactCache(tmp_path))
+    # img4, a crop of img3, in img3's band (cosine 0.93) and nobody else's.
+    photos["img4"] = transform_photo(photos["img3"], "crop", random.Random(1))
+    grown = np.zeros((5, 8), dtype=np.float32)
+    grown[:4] = vectors
+    grown[4] = unit(grown[3] + np.sqrt(1 / 0.93**2 - 1) * np.eye(8, dtype=np.float32)[4])
+    reads = Reads(photos)
+    result = find_duplicates(
+        facts_frame(far_hashes(5)), grown, NO_VETO, read=reads, cache=FactCache(tmp_path)
+    )
+    v = result.verification
+    assert (v.candidates, v.computed, v.cached, v.accepted) == (4, 1, 3, 2)
+    assert sorted(set(reads.keys)) == ["img3", "img4"]
+    assert result.clusters["cluster_id"].to_list() == [0, 0, 1, 2, 2]
+
+
+def test_changed_thresholds_or_unreadable_photos_are_verified_again(tmp_path):
+    vectors, photos = band_photos()
+    facts = facts_frame(far_hashes(4))
+
+    def verification(config: DedupConfig, photos: dict[str, bytes]):
+        return find_duplicates(
+            facts, vectors, config, read=Reads(photos), cache=FactCache(tmp_path)
+        ).verification
+
+    # A photo missing at verification time gets no cached verdict: its pairs come back.
+    partial = verification(NO_VETO, {k: v for k, v in photos.items() if k != "img2"})
+    assert (partial.computed, partial.accepted) == (3, 1)
+    complete = verification(NO_VETO, photos)
+    assert (complete.computed, complete.cached, complete.accepted) == (2, 1, 1)
+    # Another threshold re-verifies every pair; the earlier verdicts stay for their own.
+    stricter = replace(NO_VETO, geometry=GeometryConfig(min_inliers=10_000))
+    strict = verification(stricter, photos)
+    assert (strict.computed, strict.cached, strict.accepted) == (3, 0, 0)
+    again = verification(NO_VETO, photos)
+    assert (again.computed, again.cached, again.accepted) == (0, 3, 1)

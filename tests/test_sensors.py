@@ -1,5 +1,6 @@
-"""The dump sensor's cursor, the sensor on a watched directory, and the alert channels."""
+"""The dump sensor's cursor, the sensor on a watched directory, check alerts, the channels."""
 
+import json
 import os
 import socketserver
 import threading
@@ -9,7 +10,7 @@ import dagster as dg
 from webhook import webhook_receiver
 
 from dagster_project.alerts import Alert
-from dagster_project.sensors import DumpCursor, dump_sensor
+from dagster_project.sensors import DumpCursor, check_failure_alerts, dump_sensor, run_ends_after
 from dagster_project.storage import ObjectStat
 from resources.alerts import AlertNotifier
 from resources.storage import DumpSource
@@ -60,6 +61,71 @@ def test_dump_sensor_adds_partitions_and_requests_runs(tmp_path):
         assert [r.partition_key for r in second.run_requests] == [
             "dd_api-2026_02_01_00_00_00.sql.gz"
         ]
+
+
+@dg.asset
+def _table() -> int:
+    return 1
+
+
+@dg.asset_check(asset=_table, blocking=True)
+def _no_leak() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="found john.doe@example.org",
+        metadata={"sample": "john.doe@example.org"},
+    )
+
+
+@dg.asset_check(asset=_table)
+def _ratio() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset_check(asset=_table)
+def _fine() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
+def _tick(instance: dg.DagsterInstance, cursor: str | None) -> tuple[list[dict], str | None]:
+    """One sensor evaluation on a fresh context, as after a daemon restart; (alerts, cursor)."""
+    with webhook_receiver() as (url, payloads):
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"alerts": AlertNotifier(webhook_url=url)}
+        )
+        check_failure_alerts(context)
+    return payloads, context.cursor
+
+
+def test_each_failed_check_is_alerted_once_without_its_data():
+    with dg.instance_for_test() as instance:
+        first = dg.materialize(
+            [_table, _no_leak, _ratio, _fine], instance=instance, raise_on_error=False
+        )
+        assert not first.success  # the blocking failure fails the run
+        alerts, cursor = _tick(instance, None)
+        assert sorted((a["check"], a["severity"], a["run_id"]) for a in alerts) == [
+            ("_no_leak", "ERROR", first.run_id),
+            ("_ratio", "WARN", first.run_id),
+        ]
+        assert {a["asset"] for a in alerts} == {"_table"}
+        assert all("john.doe" not in json.dumps(a) for a in alerts)
+        assert _tick(instance, cursor)[0] == []
+        second = dg.materialize([_table, _ratio, _fine], instance=instance)
+        alerts, cursor = _tick(instance, cursor)
+        assert [(a["check"], a["run_id"]) for a in alerts] == [("_ratio", second.run_id)]
+        assert _tick(instance, cursor)[0] == []
+
+
+def test_run_ends_are_merged_across_end_statuses_in_order():
+    with dg.instance_for_test() as instance:
+        failed = dg.materialize([_table, _no_leak], instance=instance, raise_on_error=False)
+        succeeded = dg.materialize([_table, _fine], instance=instance)
+        [first] = run_ends_after(instance, None, 1)
+        [second] = run_ends_after(instance, first.storage_id, 1)
+        assert (first.run_id, second.run_id) == (failed.run_id, succeeded.run_id)
+        assert run_ends_after(instance, second.storage_id, 5) == []
 
 
 class _SmtpHandler(socketserver.StreamRequestHandler):

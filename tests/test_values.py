@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 
 from dagster_project.values import (
     INVALID,
+    load_json,
     parse_bool3,
     parse_category,
     parse_duration_days,
@@ -205,3 +209,25 @@ def test_multi_select_wrong_type_invalid(raw: object) -> None:
 
 def test_multi_select_null_is_absent() -> None:
     assert parse_multi_select(None) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": [1, "x", null, true, 2.5, {"b": "\\u05d0\\ud83d\\ude00"}]}',
+        '{"a": -0.0, "b": 12345678901234567890}',
+        b'{"a": 1e400, "b": -1e400}',
+        b'{"a": NaN}',
+        b'"\\ud800"',
+    ],
+)
+def test_load_json_reads_what_the_standard_library_reads(text: bytes | str) -> None:
+    """Also what orjson refuses: numbers beyond a double, NaN, lone surrogates."""
+    found, expected = load_json(text), json.loads(text)
+    assert repr(found) == repr(expected)
+
+
+def test_load_json_refuses_what_is_not_json() -> None:
+    with pytest.raises(ValueError):
+        load_json(b'{"a": ')
+    assert math.isinf(load_json(b"[1e400]")[0])

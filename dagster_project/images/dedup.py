@@ -17,7 +17,10 @@ Four detectors, each producing candidate pairs of row indices of the image facts
   ``verify_neighbors`` neighbours with cosine in [``verify_min_cosine``,
   ``cosine_threshold``), not already in one cluster, at most ``verify_max_pairs`` of them
   (most similar first), are read and kept when one similarity transform maps one photo onto
-  the other (``geometry.py``): crops, and copies whose embedding or hash drifted.
+  the other (``geometry.py``): crops, and copies whose embedding or hash drifted. A verdict
+  depends only on the two photos' bytes (the pair is matched in sha256 order) and the
+  thresholds, so with a ``FactCache`` a rebuild reads only the photos of pairs it has not
+  judged before.
 
 Photos of one case are not duplicates of each other (pass ``groups``), except byte copies.
 
@@ -44,7 +47,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from typing import Any
 
 import faiss
@@ -53,7 +56,8 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from dagster_project.images.geometry import GeometryConfig, verify_pairs
+from dagster_project.images.cache import VERDICT_SCHEMA, FactCache
+from dagster_project.images.geometry import MATCH_SCHEMA, GeometryConfig, Match, verify_pairs
 from dagster_project.images.search import (
     NeighbourSearch,
     SearchRecall,
@@ -159,12 +163,17 @@ class DedupConfig:
 class Verification:
     """What the geometric verification did: ``candidates`` in the cosine band (after the
     case and already-clustered filters), ``checked`` (at most ``verify_max_pairs``, the
-    most similar first), ``accepted``, and the wall time. All zero without a reader."""
+    most similar first), ``accepted``, and the wall time. Of the distinct pairs of contents
+    (sha256) they come down to, ``cached`` had a verdict in the cache and ``computed`` were
+    matched, reading ``photos_read`` photos. All zero without a reader."""
 
     candidates: int = 0
     checked: int = 0
     accepted: int = 0
     seconds: float = 0.0
+    computed: int = 0
+    cached: int = 0
+    photos_read: int = 0
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,9 @@ class DedupResult:
             "verify_candidates": self.verification.candidates,
             "verify_checked": self.verification.checked,
             "verify_accepted": self.verification.accepted,
+            "verify_computed": self.verification.computed,
+            "verify_cached": self.verification.cached,
+            "verify_photos_read": self.verification.photos_read,
             "verify_seconds": round(self.verification.seconds, 2),
         }
 
@@ -370,30 +382,71 @@ def _verified(
     found: pl.DataFrame,
     read: Callable[[str], bytes | None],
     config: DedupConfig,
+    cache: FactCache | None,
 ) -> tuple[pl.DataFrame, Verification]:
     """The candidates that geometric verification accepts, skipping pairs that ``found``
-    already puts in one cluster (they cannot change the clusters)."""
+    already puts in one cluster (they cannot change the clusters). Each pair of contents
+    is matched once, lower sha256 first, unless ``cache`` holds its verdict."""
     started = time.perf_counter()
     cluster = duplicate_clusters(facts.height, found)
     a, b = candidates["a"].to_numpy(), candidates["b"].to_numpy()
     candidates = candidates.filter(pl.Series(cluster[a] != cluster[b]))
-    checked = (
-        candidates.sort("similarity", "a", "b", descending=[True, False, False])
-        .head(config.verify_max_pairs)
-        .sort("a", "b")  # pairs of one photo in a row: its features are decoded once
+    checked = candidates.sort("similarity", "a", "b", descending=[True, False, False]).head(
+        config.verify_max_pairs
     )
-    keys = facts["key"]
-    matches = verify_pairs(
-        keys.gather(checked["a"]).to_list(),
-        keys.gather(checked["b"]).to_list(),
-        read,
-        config.geometry,
-        config.verify_workers,
+    sha = facts["sha256"]
+    first, second = sha.gather(checked["a"]), sha.gather(checked["b"])
+    checked = checked.with_columns(
+        sha_a=pl.min_horizontal(first, second), sha_b=pl.max_horizontal(first, second)
     )
-    keep = pl.Series([m.accepted(config.geometry) for m in matches], dtype=pl.Boolean)
-    accepted = checked.filter(keep)
+    # Pairs of one photo in a row: its features are decoded once.
+    distinct = checked.select("sha_a", "sha_b").unique().sort("sha_a", "sha_b")
+    version = config.geometry.version
+    known = (
+        cache.lookup_verdicts(distinct, version)
+        if cache is not None
+        else pl.DataFrame(schema=VERDICT_SCHEMA)
+    )
+    todo = distinct.join(known, on=["sha_a", "sha_b"], how="anti", maintain_order="left")
+    key_of = dict(facts.select("sha256", "key").unique("sha256", keep="first").iter_rows())
+    attempts: list[str] = []
+    unreadable: set[str] = set()
+
+    def reading(key: str) -> bytes | None:
+        attempts.append(key)
+        data = read(key)
+        if data is None:
+            unreadable.add(key)
+        return data
+
+    keys_a = [key_of[s] for s in todo["sha_a"]]
+    keys_b = [key_of[s] for s in todo["sha_b"]]
+    matches = verify_pairs(keys_a, keys_b, reading, config.geometry, config.verify_workers)
+    fresh = pl.concat(
+        [todo, pl.DataFrame([astuple(m) for m in matches], MATCH_SCHEMA, orient="row")],
+        how="horizontal",
+    )
+    if cache is not None:
+        # A photo that could not be read now may be readable later: no verdict on it.
+        judged = [not {ka, kb} & unreadable for ka, kb in zip(keys_a, keys_b, strict=True)]
+        cache.add_verdicts(fresh.filter(pl.Series(judged, dtype=pl.Boolean)), version)
+        cache.flush()
+    verdicts = pl.concat([known, fresh])
+    matched = verdicts.select(list(MATCH_SCHEMA)).iter_rows(named=True)
+    keep = [Match(**row).accepted(config.geometry) for row in matched]
+    accepted = (
+        checked.join(verdicts.filter(pl.Series(keep, dtype=pl.Boolean)), on=["sha_a", "sha_b"])
+        .select(list(PAIR_SCHEMA))
+        .sort("a", "b")
+    )
     stats = Verification(
-        candidates.height, checked.height, accepted.height, time.perf_counter() - started
+        candidates.height,
+        checked.height,
+        accepted.height,
+        time.perf_counter() - started,
+        computed=todo.height,
+        cached=known.height,
+        photos_read=len(attempts),
     )
     return accepted, stats
 
@@ -406,6 +459,7 @@ def _pairs(
     config: DedupConfig,
     groups: Sequence[Any] | np.ndarray | None,
     read: Callable[[str], bytes | None] | None,
+    cache: FactCache | None,
 ) -> tuple[pl.DataFrame, Verification]:
     position = np.full(facts.height, -1, dtype=np.int64)
     position[ok] = np.arange(len(ok))
@@ -421,7 +475,7 @@ def _pairs(
     if read is None:
         return found, Verification()
     candidates = _apart(_band_candidates(ok, neighbours, config), groups, facts.height, config)
-    verified, stats = _verified(facts, candidates, found, read, config)
+    verified, stats = _verified(facts, candidates, found, read, config, cache)
     return _merge([found, verified]), stats
 
 
@@ -431,6 +485,7 @@ def candidate_pairs(
     config: DedupConfig | None = None,
     groups: Sequence[Any] | np.ndarray | None = None,
     read: Callable[[str], bytes | None] | None = None,
+    cache: FactCache | None = None,
 ) -> pl.DataFrame:
     """Candidate duplicate pairs (PAIR_SCHEMA) among the readable images of ``facts``.
 
@@ -440,13 +495,14 @@ def candidate_pairs(
     within a group unless ``config.same_case_is_duplicate``; exact byte copies are always
     kept. ``read(key)`` (the image bytes, None if missing) enables geometric verification
     of the pairs in the cosine band below ``cosine_threshold``; without it none is done.
+    Verdicts found in ``cache`` are used without reading, new ones are added to it.
     ``a``/``b`` are facts row indices, a < b; one row per (pair, kind) that found it.
     """
     config = config or DedupConfig()
     ok = _require(facts, embeddings)
     search = build_search(embeddings, config.exact_search_max, config.nprobe, config.seed)
     neighbours = nearest_neighbours(search, embeddings, config.k_neighbors)
-    return _pairs(facts, ok, embeddings, neighbours, config, groups, read)[0]
+    return _pairs(facts, ok, embeddings, neighbours, config, groups, read, cache)[0]
 
 
 def duplicate_clusters(n: int, pairs: pl.DataFrame) -> np.ndarray:
@@ -559,11 +615,13 @@ def find_duplicates(
     case_ids: Sequence[Any] | None = None,
     labels: Sequence[str | None] | None = None,
     read: Callable[[str], bytes | None] | None = None,
+    cache: FactCache | None = None,
 ) -> DedupResult:
     """Candidate pairs, clusters, outlier scores and search recall in one call.
 
-    ``facts``/``embeddings``/``read`` as in ``candidate_pairs``; ``case_ids`` (one per facts
-    row) keeps photos of one case apart; ``labels`` (e.g. the diagnosis) decides homogeneity.
+    ``facts``/``embeddings``/``read``/``cache`` as in ``candidate_pairs``; ``case_ids`` (one
+    per facts row) keeps photos of one case apart; ``labels`` (e.g. the diagnosis) decides
+    homogeneity.
     One neighbour search serves the embedding pairs, the verification candidates and the
     outlier scores. Images that are not readable get a cluster of their own and no outlier
     score.
@@ -574,7 +632,7 @@ def find_duplicates(
     k = max(config.k_neighbors, config.outlier_k)
     similarity, ids = nearest_neighbours(search, embeddings, k)
     neighbours = (similarity[:, : config.k_neighbors], ids[:, : config.k_neighbors])
-    pairs, verification = _pairs(facts, ok, embeddings, neighbours, config, case_ids, read)
+    pairs, verification = _pairs(facts, ok, embeddings, neighbours, config, case_ids, read, cache)
     clusters = cluster_table(
         facts["key"],
         duplicate_clusters(facts.height, pairs),

@@ -22,10 +22,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 
 import cv2
 import numpy as np
+import polars as pl
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dagster_project.images.verify import decode_oriented, open_image
@@ -43,6 +44,9 @@ _RANSAC_PX = 3.0
 _BAND_SIGMAS = (1.0, 4.0)
 # Photos whose features are kept while a batch of pairs is checked (~0.3 MB each).
 CACHE_PHOTOS = 512
+# Bump when how a Match is computed changes (the constants above, ``match``), so cached
+# verdicts are recomputed.
+GEOMETRY_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class GeometryConfig:
     min_inliers: int = 25
     min_overlap: float = 0.5
     min_correlation: float = 0.4
+
+    @property
+    def version(self) -> str:
+        """What a verdict of ``verify_pairs`` depends on besides the two photos (the
+        thresholds decide whether the mirror image is tried): the key of cached verdicts."""
+        return ":".join(map(str, (GEOMETRY_VERSION, *astuple(self))))
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,13 @@ class Match:
 
 
 NO_MATCH = Match(0, 0.0, 0.0, 0.0)
+MATCH_SCHEMA = {
+    "inliers": pl.Int64(),
+    "overlap": pl.Float64(),
+    "correlation": pl.Float64(),
+    "scale": pl.Float64(),
+    "mirrored": pl.Boolean(),
+}
 
 
 def features(data: bytes | None) -> Features | None:
