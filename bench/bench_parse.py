@@ -8,9 +8,12 @@ the same dump this times, each in a fresh process:
   stream + flatten_requests, latest_annotations, normalize_diagnoses, build_image_records,
   validate_image_records), writing image_records.parquet;
 - `restore`: `psql -f` restoring the whole dump into a fresh database of a throwaway
-  PostgreSQL server (fsync off: the restore's best case).
+  PostgreSQL server: fsync, synchronous commits and full-page writes off (the restore's best
+  case), or with `--durable` PostgreSQL's defaults (what a user's own server does).
 Rounds interleave the three, so a load spike on a shared machine hits all of them; ratios
-are of the best rounds. Peak RSS is each child's own (os.wait4): Python, Arrow and polars
+are of the best rounds. Memory is the peak, sampled every 20 ms, of the summed PSS of the
+child and the worker processes it starts (PSS shares the pages of the libraries they all map
+between them, where RSS would count them once per process); Python, Arrow and polars
 together. Several dumps of different sizes show whether memory grows with the dump.
 
     python bench/bench_parse.py DUMP [DUMP ...] [--rounds 3] [--no-restore]
@@ -24,9 +27,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 import polars as pl
@@ -88,18 +92,59 @@ def child(mode: str, dump: Path, out: Path) -> None:
     print(json.dumps({"rows": records.height, **{k: round(v, 1) for k, v in timings.items()}}))
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc."""
+    found, index = [pid], 0
+    while index < len(found):
+        for task in Path(f"/proc/{found[index]}/task").glob("*/children"):
+            with suppress(OSError):
+                found.extend(int(child) for child in task.read_text().split())
+        index += 1
+    return found
+
+
+def tree_pss(pid: int) -> int:
+    """Summed proportional set size of `pid` and its descendants, in bytes."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+class PeakMemory(threading.Thread):
+    """Samples tree_pss of a process until it ends; `peak` is the largest sample."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stopped = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.02):
+            self.peak = max(self.peak, tree_pss(self.pid))
+
+
 def run_child(mode: str, dump: Path) -> tuple[float, int, dict]:
-    """Wall seconds, peak RSS in bytes and the report of one mode run in a fresh process."""
+    """Wall seconds, peak memory in bytes and the report of one mode run in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="bench-parse-") as out:
         command = [sys.executable, __file__, "--child", mode, str(dump), out]
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        memory = PeakMemory(process.pid)
+        memory.start()
         stdout = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
+        memory.stopped.set()
+        memory.join()
+        _, status, _ = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{mode} of {dump} failed: {stdout[-2000:]}")
-        return seconds, usage.ru_maxrss * 1024, json.loads(stdout.strip().splitlines()[-1])
+        return seconds, memory.peak, json.loads(stdout.strip().splitlines()[-1])
 
 
 def run_restore(server: PostgresServer, dump: Path, database: str) -> float:
@@ -119,7 +164,7 @@ def load_average() -> str:
 def bench_dump(server: PostgresServer | None, dump: Path, rounds: int) -> dict:
     """Interleaved rounds on one dump; the best of each and the ratios of the bests."""
     seconds: dict[str, list[float]] = {"restore": [], **{mode: [] for mode in CHILD_MODES}}
-    rss: dict[str, int] = dict.fromkeys(CHILD_MODES, 0)
+    memory: dict[str, int] = dict.fromkeys(CHILD_MODES, 0)
     for round_ in range(rounds):
         # Rotate the order, so no one always runs first or after the same neighbour.
         order = ("restore", *CHILD_MODES)[round_ % 3 :] + ("restore", *CHILD_MODES)[: round_ % 3]
@@ -131,9 +176,9 @@ def bench_dump(server: PostgresServer | None, dump: Path, rounds: int) -> dict:
                 continue
             took, peak, report = run_child(what, dump)
             seconds[what].append(took)
-            rss[what] = max(rss[what], peak)
+            memory[what] = max(memory[what], peak)
             print(
-                f"  round {round_}: {what} {took:.1f} s, peak RSS {peak / 2**20:.0f} MiB "
+                f"  round {round_}: {what} {took:.1f} s, peak memory {peak / 2**20:.0f} MiB "
                 f"{report} load {load_average()}"
             )
     result = {"dump": str(dump), "dump_mb": round(dump.stat().st_size / 1e6, 1)}
@@ -141,7 +186,7 @@ def bench_dump(server: PostgresServer | None, dump: Path, rounds: int) -> dict:
         if values:
             result[f"{what}_best_s"] = round(min(values), 2)
             result[f"{what}_all_s"] = [round(value, 2) for value in values]
-    result |= {f"{mode}_peak_rss_mib": round(rss[mode] / 2**20) for mode in CHILD_MODES}
+    result |= {f"{mode}_peak_mib": round(memory[mode] / 2**20) for mode in CHILD_MODES}
     if seconds["restore"]:
         for mode in CHILD_MODES:
             result[f"restore_over_{mode}"] = round(min(seconds["restore"]) / min(seconds[mode]), 2)
@@ -153,10 +198,17 @@ def main() -> None:
     parser.add_argument("dumps", nargs="+", type=Path)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-restore", action="store_true", help="time the parse only")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="restore into a server with PostgreSQL's default fsync and commit settings, as a "
+        "user's own server has them (default: all three off, the restore's best case)",
+    )
     args = parser.parse_args()
     print(f"cores {os.cpu_count()}, load average (1/5/15 min) at start {load_average()}")
     results = []
-    with nullcontext() if args.no_restore else temporary_postgres() as server:
+    print(f"restore into a server with {'default' if args.durable else 'no'} durability")
+    with nullcontext() if args.no_restore else temporary_postgres(args.durable) as server:
         if server is not None:
             server.psql("CREATE ROLE dd_api; CREATE ROLE readonly;")
         for dump in args.dumps:
@@ -172,8 +224,8 @@ def main() -> None:
         )
         print(
             f"{result['dump_mb']} MB: stream {result['stream_best_s']} s, records "
-            f"{result['records_best_s']} s{ratios}; peak RSS stream "
-            f"{result['stream_peak_rss_mib']} MiB, records {result['records_peak_rss_mib']} MiB"
+            f"{result['records_best_s']} s{ratios}; peak memory stream "
+            f"{result['stream_peak_mib']} MiB, records {result['records_peak_mib']} MiB"
         )
 
 

@@ -97,11 +97,17 @@ class PostgresServer:
         return out
 
 
+_NOT_DURABLE = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+
+
 @contextmanager
-def temporary_postgres() -> Iterator[PostgresServer]:
+def temporary_postgres(durable: bool = False) -> Iterator[PostgresServer]:
     """Start a fresh cluster on 127.0.0.1 (trust auth), yield it, stop and delete it.
 
-    PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user.
+    A throwaway cluster needs no crash safety, so unless `durable` it runs without fsync,
+    synchronous commits and full-page writes; `durable` keeps PostgreSQL's defaults, as an
+    ordinary server has them. PostgreSQL refuses to run as root, so as root the server runs
+    as the `postgres` user.
     """
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
@@ -147,12 +153,7 @@ def temporary_postgres() -> Iterator[PostgresServer]:
             "listen_addresses=127.0.0.1",
             "-c",
             f"unix_socket_directories={workdir}",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
+            *([] if durable else _NOT_DURABLE),
         ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
