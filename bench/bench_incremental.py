@@ -39,23 +39,34 @@ from dagster_project.synthetic import generate, grow  # noqa: E402
 
 
 class CountingStore:
-    """Reads of a LocalStore, counted per stage (thread-safe: reads run in pools)."""
+    """Reads of a LocalStore, counted per stage, and those of files in ``old`` (thread-safe:
+    reads run in pools)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, old: frozenset[str]) -> None:
         self.store = LocalStore(root)
+        self.old = old
         self.reads: Counter[str] = Counter()
+        self.old_reads: Counter[str] = Counter()
         self.stage = ""
         self._lock = threading.Lock()
 
     def read_bytes(self, key: str) -> bytes | None:
         with self._lock:
             self.reads[self.stage] += 1
+            self.old_reads[self.stage] += key in self.old
         return self.store.read_bytes(key)
 
 
-def image_stages(root: Path, cache_dir: Path, embedder: Embedder, workers: int) -> dict:
-    """One build of the image stages over every file under `root`; seconds and reads."""
-    store = CountingStore(root)
+def image_stages(
+    root: Path,
+    cache_dir: Path,
+    embedder: Embedder,
+    workers: int,
+    old: frozenset[str] = frozenset(),
+) -> dict:
+    """One build of the image stages over every file under `root`; seconds and reads (of
+    the files in ``old``, those of the previous build, too)."""
+    store = CountingStore(root, old)
     started = time.perf_counter()
     listing = {stat.key: (stat.size, stat.version) for stat in store.store.list()}
     keys = sorted(listing)
@@ -75,11 +86,13 @@ def image_stages(root: Path, cache_dir: Path, embedder: Embedder, workers: int) 
     verification = result.verification
     judged = verification.computed + verification.cached
     return {
+        "keys": keys,
         "files": len(keys),
         "distinct_ok_photos": distinct,
         "inspect_reads": store.reads["inspect"],
         "embed_reads": store.reads["embed"],
         "verify_reads": store.reads["verify"],
+        "verify_reads_of_old_files": store.old_reads["verify"],
         "verify_pairs_computed": verification.computed,
         "verify_pairs_cached": verification.cached,
         "facts_hit_rate": round(1 - store.reads["inspect"] / len(keys), 4),
@@ -95,8 +108,8 @@ def image_stages(root: Path, cache_dir: Path, embedder: Embedder, workers: int) 
 
 
 def shown(run: dict) -> str:
-    """The run's figures on one line (the cluster ids only serve the comparison)."""
-    return json.dumps({name: value for name, value in run.items() if name != "cluster_ids"})
+    """The run's figures on one line (keys and cluster ids only serve comparisons)."""
+    return json.dumps({k: v for k, v in run.items() if k not in ("keys", "cluster_ids")})
 
 
 def main() -> None:
@@ -117,9 +130,10 @@ def main() -> None:
         print(f"first build (empty cache):     {shown(first)}")
         extra = max(1, round(args.growth * args.requests))
         grown = grow(work / "source", extra_requests=extra, seed=1)
-        second = image_stages(grown.backup_dir, work / "cache", embedder, args.workers)
+        old = frozenset(first["keys"])
+        second = image_stages(grown.backup_dir, work / "cache", embedder, args.workers, old)
         print(f"rebuild after {extra} more requests: {shown(second)}")
-        cold = image_stages(grown.backup_dir, work / "cache_cold", embedder, args.workers)
+        cold = image_stages(grown.backup_dir, work / "cache_cold", embedder, args.workers, old)
         print(f"same folder, empty cache:      {shown(cold)}")
     finally:
         if args.keep is None:

@@ -72,7 +72,7 @@ def dedup_folder(
 
     files = inspect_images(keys, read, workers=workers, cache=cache)
     embeddings = embed_ok_images(files, read, embedder, cache=cache)
-    result = find_duplicates(files, embeddings, config, read=read)
+    result = find_duplicates(files, embeddings, config, read=read, cache=cache)
     paths = files["key"]
     pairs = result.pairs.select(
         paths.gather(result.pairs["a"]).alias("path_a"),
