@@ -137,6 +137,7 @@ def curated_images(
         items,
         workers=curation.copy_workers,
         dry_run=config.dry_run,
+        record_dir=curation.cache_path("copy_record"),
         progress=lambda done, total: (
             context.log.info(f"{verb} {done}/{total}")
             if done % max(1, total // 10) == 0 or done == total

@@ -7,9 +7,9 @@ of ~370K photos must survive crashes and re-runs cheaply. So the copy is
   server-side copy is checked against the SHA-256 S3 computes for it, where the endpoint
   returns one; an item without an expected SHA-256 is compared with what the source records,
   and by size alone when the source records no checksum);
-- cheap to re-run: the copy record (`RECORD_KEY`, in the destination) keeps the version and
-  size at which each object's SHA-256 was verified, so a re-run skips what is unchanged from
-  one listing of the destination, with no request per object;
+- cheap to re-run: with a `record_dir`, a local copy record keeps the version and size at
+  which each destination object's SHA-256 was verified, so a re-run skips what is unchanged
+  from one listing of the destination, with no request per object;
 - resumable: objects appear atomically (S3 puts; local temp file + rename), so after a crash a
   re-run copies only what is missing or differs;
 - concurrent: a bounded thread pool; server-side `copy_object` when both ends are S3 on one
@@ -26,21 +26,24 @@ import json
 import os
 import random
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, NamedTuple
 
-from dagster_project.storage import ObjectStat, ObjectStore, S3Store
+from dagster_project.storage import LocalStore, ObjectStat, ObjectStore, S3Store
 
 Progress = Callable[[int, int], None]
 
-#: The copy record's key in the destination: gzipped JSON, destination key -> [version, size,
-#: sha256] of the object as last verified. An entry only vouches for an object whose listed
-#: version (ETag; mtime+size locally) and size are still those, so a missing, stale or
-#: unreadable record costs one HEAD per object, never a wrong skip.
-RECORD_KEY = "copy-record.json.gz"
+#: Format of a copy record: gzipped JSON, {"format", "dest": the destination's URI,
+#: "objects": {destination key: [version, size, sha256] of the object as last verified}}.
+#: An entry only vouches for an object whose listed version (ETag; mtime+size locally) and
+#: size are still those, so a missing, stale or unreadable record costs one check (a HEAD, or
+#: hashing the local file) per object, never a wrong skip. It is kept outside the destination
+#: so that the published dataset holds exactly its documented files.
 _RECORD_FORMAT = 1
 
 
@@ -187,24 +190,30 @@ def _listing(dest: ObjectStore, keys: Sequence[str]) -> dict[str, ObjectStat]:
     return {found.key: found for found in dest.list(prefix) if found.key in wanted}
 
 
-def _read_record(dest: ObjectStore) -> dict[str, _Verified]:
-    """The destination's copy record; empty when absent or unreadable (it is rewritten)."""
-    raw = dest.read_bytes(RECORD_KEY)
-    if raw is None:
+def _record_name(dest: ObjectStore) -> str:
+    """The file name of `dest`'s copy record in a record directory."""
+    return f"{hashlib.sha256(dest.uri().encode()).hexdigest()[:16]}.json.gz"
+
+
+def _read_record(record_dir: Path | None, dest: ObjectStore) -> dict[str, _Verified]:
+    """`dest`'s copy record; empty when absent or unreadable (it is then rewritten)."""
+    if record_dir is None:
         return {}
     try:
-        record = json.loads(gzip.decompress(raw))
-        if record["format"] != _RECORD_FORMAT:
+        record = json.loads(gzip.decompress((record_dir / _record_name(dest)).read_bytes()))
+        if record["format"] != _RECORD_FORMAT or record["dest"] != dest.uri():
             return {}
         return {key: _Verified(*entry) for key, entry in record["objects"].items()}
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+    except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, AttributeError):
         return {}
 
 
-def _write_record(dest: ObjectStore, record: dict[str, _Verified]) -> None:
+def _write_record(record_dir: Path, dest: ObjectStore, record: dict[str, _Verified]) -> None:
     objects = {key: list(entry) for key, entry in sorted(record.items())}
-    data = json.dumps({"format": _RECORD_FORMAT, "objects": objects}, separators=(",", ":"))
-    dest.write_bytes(RECORD_KEY, gzip.compress(data.encode(), mtime=0))
+    text = json.dumps(
+        {"format": _RECORD_FORMAT, "dest": dest.uri(), "objects": objects}, separators=(",", ":")
+    )
+    LocalStore(record_dir).write_bytes(_record_name(dest), gzip.compress(text.encode(), mtime=0))
 
 
 def _vouches(entry: _Verified | None, present: ObjectStat, item: CopyItem) -> bool:
@@ -226,12 +235,15 @@ def copy_images(
     retries: int = 4,
     progress: Progress | None = None,
     backoff_s: float = 0.5,
+    record_dir: Path | None = None,
 ) -> CopyReport:
     """Copy `items` from `source` to `dest`; see the module docstring for the guarantees.
 
     `progress(done, total)` is called after each item; if it raises, the copy stops (items in
     flight finish) and the exception propagates: what was copied stays, a re-run resumes.
     Two items with the same destination key are a ValueError (a manifest bug).
+    `record_dir`: a local directory for the copy record (see `_RECORD_FORMAT`); without it
+    every object already present is checked with a request of its own.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -240,7 +252,7 @@ def copy_images(
     if dups := sorted(key for key, n in Counter(dest_keys).items() if n > 1):
         raise ValueError(f"destination keys appear more than once in the copy items: {dups[:5]}")
     listing = _listing(dest, dest_keys)
-    record = _read_record(dest)
+    record = _read_record(record_dir, dest)
     updated = dict(record)
     copier = _Copier(source, dest, dry_run, retries, backoff_s)
     report = CopyReport(dry_run=dry_run)
@@ -269,9 +281,10 @@ def copy_images(
         for future in futures:
             item = pending.pop(future)
             try:
-                settle(item, future.result())
+                done: _Done | _Permanent = future.result()
             except _Permanent as err:
-                settle(item, err)
+                done = err
+            settle(item, done)
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy-images") as pool:
@@ -290,8 +303,8 @@ def copy_images(
                 for future in pending:
                     future.cancel()
     finally:
-        if not dry_run and updated != record:
-            _write_record(dest, updated)
+        if record_dir is not None and not dry_run and updated != record:
+            _write_record(record_dir, dest, updated)
     return report
 
 
