@@ -86,7 +86,7 @@ class _RequestFlattener:
 
 
 def read_source(
-    path: str | Path, batch_rows: int = 25_000, workers: int | None = None
+    path: str | Path, batch_rows: int = 10_000, workers: int | None = None
 ) -> SourceTables:
     """Parse `path` once; request batches are flattened by `workers` processes (default: one
     per core) as they are read, so the request JSON is never all held."""
