@@ -1,8 +1,9 @@
 """Flatten ``rn_requests`` rows into one typed row per request (SOURCE_FORMAT.md 2, 3, 6, 7).
 
-The request JSON is decoded once per row; only the metadata answers and the images are read
-from it. ``free_text``, ``user_crypt`` and ``headers`` are never read, so no PII leaves this
-first step, not even in the counts (whose keys are fixed names, never values).
+The request JSON is decoded once per row, by msgspec into structs that name only the metadata
+answers and the images: ``free_text``, ``user_crypt`` and ``headers`` are skipped unread, so
+no PII leaves this first step, not even in the counts (whose keys are fixed names, never
+values). Answers stay JSON text until the rules run on each distinct text of a column once.
 
 Counter keys of ``flatten_requests``:
 
@@ -23,14 +24,21 @@ Counter keys of ``flatten_requests``:
 
 from __future__ import annotations
 
+import gc
+import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+from msgspec.structs import astuple
 
 from dagster_project.schema import (
     BOOLEAN3,
@@ -61,9 +69,7 @@ _ARROW_TYPES = {
     **{name: _ARROW_BY_DTYPE[dtype] for name, dtype in METADATA_SCHEMA.items()},
     "images": pa.list_(pa.struct({"image_uuid": pa.string(), "source_gcs_path": pa.string()})),
 }
-# Distinct answers remembered per field and batch (bounds memory on free-form text).
-_MEMO_SIZE = 4096
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,39 @@ def _layout() -> tuple[_Container, ...]:
 
 # Containers in the request JSON, parents before children.
 _CONTAINERS = _layout()
+# A key the JSON lacks; an answer that is there is its JSON text, undecoded.
+_ABSENT = msgspec.Raw()
+# What a container may be instead of an object (rule 8).
+_NOT_OBJECT = list | str | int | float | bool | None
+
+
+def _struct_types() -> tuple[tuple[type, ...], type]:
+    """One msgspec Struct per container (its fields' answers first, as raw JSON text, then
+    its child containers) and one for the document. Decoding into them reads only the keys
+    the layout names: the PII keys are skipped unread, and no Python object is built for an
+    answer until its distinct texts are decided."""
+    structs: list[type] = [object] * len(_CONTAINERS)
+    for index in reversed(range(len(_CONTAINERS))):
+        container = _CONTAINERS[index]
+        fields: list[tuple[str, Any, Any]] = [
+            (field.key, msgspec.Raw, _ABSENT) for _, field in container.fields
+        ]
+        fields += [
+            (child.path[-1], structs[i] | _NOT_OBJECT, None)
+            for i, child in enumerate(_CONTAINERS)
+            if child.parent == index
+        ]
+        structs[index] = msgspec.defstruct("_".join(container.path), fields)
+    document = [
+        (child.path[-1], structs[i] | _NOT_OBJECT, None)
+        for i, child in enumerate(_CONTAINERS)
+        if child.parent == -1
+    ]
+    return tuple(structs), msgspec.defstruct("request", [*document, ("images", Any, None)])
+
+
+_STRUCTS, _REQUEST = _struct_types()
+_DECODER = msgspec.json.Decoder(_REQUEST | _NOT_OBJECT)
 
 
 def source_frame(data: pa.RecordBatch | pa.Table | pl.DataFrame, table: TableSpec) -> pl.DataFrame:
@@ -167,8 +206,8 @@ def source_frame(data: pa.RecordBatch | pa.Table | pl.DataFrame, table: TableSpe
 
 
 def _image_uuid(url: str) -> str | None:
-    stem = url.rsplit("/", 1)[-1].partition(".")[0]
-    return stem.lower() if _UUID.fullmatch(stem) else None
+    stem = url.rsplit("/", 1)[-1].partition(".")[0].lower()
+    return stem if _UUID.fullmatch(stem) else None
 
 
 def _images(raw: object, counts: Counter[str]) -> list[dict[str, str]]:
@@ -197,28 +236,60 @@ def _images(raw: object, counts: Counter[str]) -> list[dict[str, str]]:
     return images
 
 
-def _decode(text: bytes | None, counts: Counter[str]) -> dict[str, Any] | None:
-    """The request JSON object, or None (counted) when there is none to read."""
+def _as_struct(value: object, index: int) -> object:
+    """A document decoded by `load_json` in the shape `_DECODER` gives: answers as their JSON
+    text again (the standard library writes NaN, huge numbers and lone surrogates back as it
+    read them), non-object containers as they are."""
+    if not isinstance(value, dict):
+        return value
+    struct = _STRUCTS[index] if index >= 0 else _REQUEST
+    values: dict[str, Any] = {
+        field.key: json.dumps(value[field.key]).encode()
+        for _, field in (_CONTAINERS[index].fields if index >= 0 else ())
+        if field.key in value
+    }
+    for i, child in enumerate(_CONTAINERS):
+        if child.parent == index:
+            values[child.path[-1]] = _as_struct(value.get(child.path[-1]), i)
+    if index < 0:
+        values["images"] = value.get("images")
+    return struct(**values)
+
+
+def _decode(text: bytes | None, counts: Counter[str]) -> Any:
+    """The request document as a `_REQUEST` struct, or None (counted) when there is none.
+
+    What msgspec refuses (NaN, numbers beyond a double in a container's place, lone
+    surrogates, deep nesting) is read again by `load_json`, as every document once was."""
     if text is None:
         counts["requests_null"] += 1
         return None
     try:
-        document = load_json(text)
-    except (ValueError, RecursionError):
-        counts["requests_invalid_json"] += 1
-        return None
+        document = _DECODER.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        try:
+            document = _as_struct(load_json(text), -1)
+        except (ValueError, RecursionError):
+            counts["requests_invalid_json"] += 1
+            return None
     if document is None:
         counts["requests_null"] += 1
-    elif not isinstance(document, dict):
+    elif document.__class__ is not _REQUEST:
         counts["request_not_object"] += 1
     else:
         return document
     return None
 
 
-def _outcome(field: _Field, raw: object) -> tuple[Any, str | None]:
-    """A field's value for a present JSON value, or None and the count key of the problem."""
-    value = field.parse(raw)
+def _outcome(field: _Field, text: bytes) -> tuple[Any, str | None]:
+    """A field's value for the JSON text of an answer, or None and the count key of the
+    problem. Empty text is an absent answer."""
+    if not text:
+        return None, None
+    try:
+        value = field.parse(load_json(text))
+    except RecursionError:
+        value = INVALID
     if value is INVALID:
         return None, f"{field.name}_invalid"
     if field.bounds and value is not None and not field.bounds[0] <= value <= field.bounds[1]:
@@ -226,55 +297,64 @@ def _outcome(field: _Field, raw: object) -> tuple[Any, str | None]:
     return value, None
 
 
-def _metadata(
-    document: dict[str, Any],
-    row: int,
-    columns: list[list[Any]],
-    memos: list[dict[object, tuple[Any, str | None]]],
-    counts: Counter[str],
-) -> None:
-    """Rules 4 to 8 and section 6: fill `row` of the metadata `columns`; bad values stay None
-    and are counted. Every rule maps an absent value to None, so absent answers and absent
-    containers are skipped; answers repeat, so each field's outcome per distinct answer is
-    kept in its `memos` dict (at most _MEMO_SIZE entries)."""
-    found = [document]  # found[i + 1]: container i of _CONTAINERS, None when absent
-    for container in _CONTAINERS:
-        parent = found[container.parent + 1]
-        value = parent.get(container.path[-1]) if parent is not None else None
-        if value is not None and not isinstance(value, dict):
-            counts[f"{container.path[-1]}_not_object"] += 1
-            value = None
-        found.append(value)
-        if value is None:
+def _decided(
+    field: _Field, answers: tuple[msgspec.Raw | bytes, ...], counts: Counter[str]
+) -> pa.Array:
+    """One field's column from the JSON text of its answers, each distinct text decided once
+    (the text tells apart what the rules tell apart: 1, 1.0, true, "1"; 0.0 and -0.0)."""
+    # JSON text never holds a raw NUL, so one join and one split in Arrow give the answers
+    # as an Arrow column without a Python object per answer.
+    joined = pa.array([b"\0".join(answers)], pa.binary())
+    texts = pc.list_flatten(pc.split_pattern(joined, b"\0")).dictionary_encode()
+    outcomes = [_outcome(field, text) for text in texts.dictionary.to_pylist()]
+    problems = [(i, problem) for i, (_, problem) in enumerate(outcomes) if problem is not None]
+    if problems:
+        times = np.bincount(texts.indices.to_numpy(), minlength=len(outcomes))
+        for i, problem in problems:
+            counts[problem] += int(times[i])
+    values = pa.array([value for value, _ in outcomes], _ARROW_TYPES[field.name])
+    return values.take(texts.indices)
+
+
+def _metadata_columns(documents: list[Any], counts: Counter[str]) -> list[pa.Array]:
+    """Rules 4 to 8 and section 6, a column at a time: bad values become null and are
+    counted."""
+    columns = [pa.nulls(len(documents), _ARROW_TYPES[field.name]) for field in FIELDS]
+    # found[i + 1]: container i of _CONTAINERS in every row, None where absent
+    found: list[list[Any]] = [documents]
+    for index, container in enumerate(_CONTAINERS):
+        key, struct = container.path[-1], _STRUCTS[index]
+        values = [
+            getattr(parent, key) if parent is not None else None
+            for parent in found[container.parent + 1]
+        ]
+        wrong = sum(value is not None and value.__class__ is not struct for value in values)
+        if wrong:
+            counts[f"{key}_not_object"] += wrong
+            values = [value if value.__class__ is struct else None for value in values]
+        found.append(values)
+        if not container.fields:
             continue
-        for index, field in container.fields:
-            raw = value.get(field.key)
-            if raw is None:
-                continue
-            kind = raw.__class__
-            # A memo key tells apart what the rules tell apart: "1" from 1 from True. Floats
-            # are not memoized (0.0 == -0.0), nor lists holding unhashable items.
-            if kind is str:
-                key: object = raw
-            elif kind is list:
-                key = (kind, *raw)
-            elif kind is int or kind is bool:
-                key = (kind, raw)
-            else:
-                key = None
-            memo = memos[index]
-            try:
-                outcome = memo.get(key)
-            except TypeError:
-                key, outcome = None, None
-            if outcome is None:
-                outcome = _outcome(field, raw)
-                if key is not None and len(memo) < _MEMO_SIZE:
-                    memo[key] = outcome
-            if outcome[1] is None:
-                columns[index][row] = outcome[0]
-            else:
-                counts[outcome[1]] += 1
+        absent = astuple(struct())
+        rows = [astuple(value) if value is not None else absent for value in values]
+        # a struct's fields are its container's fields first, then its child containers
+        answers_by_field = zip(*rows, strict=True)
+        for (column, field), answers in zip(container.fields, answers_by_field, strict=False):
+            columns[column] = _decided(field, answers, counts)
+    return columns
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Flattening builds a few hundred thousand short-lived objects that hold no cycles; the
+    cyclic collector would walk the live ones again and again (a third of the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def flatten_requests(
@@ -290,19 +370,17 @@ def flatten_requests(
     """
     frame = source_frame(batch, REQUESTS_TABLE)
     counts: Counter[str] = Counter(requests=frame.height)
-    columns: list[list[Any]] = [[None] * frame.height for _ in FIELDS]
-    memos: list[dict[object, tuple[Any, str | None]]] = [{} for _ in FIELDS]
-    images: list[list[dict[str, str]]] = []
-    # As bytes: orjson reads UTF-8 directly, and Python strings are never built for it.
-    for row, text in enumerate(frame.get_column("request").cast(pl.Binary).to_list()):
-        document = _decode(text, counts)
-        if document is None:
-            images.append([])
-        else:
-            _metadata(document, row, columns, memos, counts)
-            images.append(_images(document.get("images"), counts))
-        if not images[-1]:
-            counts["requests_without_images"] += 1
+    # As bytes: msgspec reads UTF-8 directly, and Python strings are never built for it.
+    documents = [
+        _decode(text, counts) for text in frame.get_column("request").cast(pl.Binary).to_list()
+    ]
+    columns = _metadata_columns(documents, counts)
+    images = [
+        _images(document.images, counts) if document is not None else [] for document in documents
+    ]
+    without_images = sum(not entries for entries in images)
+    if without_images:
+        counts["requests_without_images"] += without_images
     identity = frame.select(
         pl.col("id").alias("request_id"),
         pl.col("uuid").alias("case_uuid"),
@@ -311,12 +389,8 @@ def flatten_requests(
         pl.col("is_test").fill_null(False),
         pl.col("modified_at"),
     )
-    # pyarrow builds (nested) columns from Python lists far faster than pl.Series does.
-    arrays = [
-        pa.array(column, type=_ARROW_TYPES[field.name])
-        for field, column in zip(FIELDS, columns, strict=True)
-    ]
-    arrays.append(pa.array(images, type=_ARROW_TYPES["images"]))
+    # pyarrow builds nested columns from Python lists far faster than pl.Series does.
+    arrays = [*columns, pa.array(images, type=_ARROW_TYPES["images"])]
     names = [field.name for field in FIELDS] + ["images"]
     metadata = pl.from_arrow(pa.Table.from_arrays(arrays, names=names))
     return pl.concat([identity, metadata], how="horizontal"), counts

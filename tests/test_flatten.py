@@ -235,6 +235,41 @@ def test_unreadable_request_yields_an_empty_row(text: str | None, reason: str) -
 
 
 @pytest.mark.parametrize(
+    ("text", "expected", "counted"),
+    [
+        (
+            '{"patient": {"age": NaN, "gender": " Female "}}',
+            {"age": None, "gender": "female"},
+            {"age_invalid": 1},
+        ),
+        ('{"free_text": "\\ud800", "patient": {"age": 34}}', {"age": 34.0}, {}),
+        (
+            '{"patient": 1e400, "answers": {"itch": 1}}',
+            {"age": None, "itch": True},
+            {"patient_not_object": 1},
+        ),
+        (
+            '{"patient": {"age": 1e400}, "answers": {"temperature": -Infinity, "pus": "no"}}',
+            {"age": None, "temperature": None, "pus": False},
+            {"age_invalid": 1, "temperature_invalid": 1},
+        ),
+        (
+            '{"patient": {"age": 7}, "answers": {"texture": ' + "[" * 600 + "]" * 600 + "}}",
+            {"age": 7.0, "texture": None},
+            {"texture_invalid": 1},
+        ),
+    ],
+)
+def test_json_beyond_the_fast_decoder_reads_as_the_standard_library_reads_it(
+    text: str, expected: dict[str, Any], counted: dict[str, int]
+) -> None:
+    # NaN, Infinity, numbers beyond a double, lone surrogates and deep nesting
+    row, counts = one_row(text)
+    assert {name: row[name] for name in expected} == expected
+    assert counts == {"requests": 1, "requests_without_images": 1, **counted}
+
+
+@pytest.mark.parametrize(
     ("field", "path", "inside", "outside"),
     [
         ("age", ("patient", "age"), [0, 120, "120,0"], [-1, 120.5, "121"]),
