@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 from collections import Counter
 from typing import Any
 
@@ -501,3 +502,61 @@ def test_each_row_gets_what_it_gets_alone_whatever_else_the_batch_holds() -> Non
         expected = repr([row[name] for name in METADATA_SCHEMA])
         assert repr([frame.row(index, named=True)[name] for name in METADATA_SCHEMA]) == expected
     assert counts == alone
+
+
+TRICKY_ANSWERS = [None, True, False, 0, 1, 2, -1, 0.0, -0.0, 1.0, 1.5, 1e2, 10**20, "1", "0"]
+TRICKY_ANSWERS += ["yes", " No ", "unknown", "", " ", "37,5", "1e2", "Ünï", "\u2028", "NaN"]
+ANSWER_PATHS = [
+    ("patient", "age"),
+    ("patient", "gender"),
+    ("patient", "pregnancy"),
+    ("answers", "temperature"),
+    ("answers", "itch"),
+    ("answers", "texture"),
+    ("answers", "duration"),
+    ("answers", "pain", "type"),
+    ("answers", "location", "primary_locations"),
+    ("answers", "location", "swelling"),
+]
+
+
+def random_answer(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if roll < 0.6 or depth > 1:
+        return rng.choice(TRICKY_ANSWERS)
+    if roll < 0.8:
+        return [random_answer(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ("value", "unit", "x")
+    units = [*TRICKY_ANSWERS, "days", " Weeks", "YEARS"]
+    return {rng.choice(keys): rng.choice(units) for _ in range(rng.randrange(3))}
+
+
+def random_request(rng: random.Random) -> Any:
+    request: dict[str, Any] = {}
+    for path in ANSWER_PATHS:
+        node = request
+        for key in path[:-1]:
+            node = node.setdefault(key, {} if rng.random() < 0.95 else random_answer(rng))
+            if not isinstance(node, dict):
+                break
+        else:
+            if rng.random() < 0.8:
+                node[path[-1]] = random_answer(rng)
+    return request
+
+
+def test_random_batches_give_every_row_what_it_gets_alone() -> None:
+    # Answers are decided once per distinct JSON text of a batch's column: a random batch of
+    # tricky values and wrong-type containers must still give each row its own outcome.
+    rng = random.Random(6)
+    requests = [random_request(rng) for _ in range(300)]
+    frame, counts = flatten_requests(requests_batch(requests))
+    alone = Counter[str]()
+    for index, request in enumerate(requests):
+        row, row_counts = one_row(request)
+        alone.update(row_counts)
+        expected = repr([row[name] for name in METADATA_SCHEMA])
+        assert repr([frame.row(index, named=True)[name] for name in METADATA_SCHEMA]) == expected
+    assert counts == alone
+    assert any(key.endswith("_not_object") for key in counts)
+    assert any(key.endswith("_invalid") for key in counts)
