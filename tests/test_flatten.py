@@ -480,6 +480,21 @@ def test_pii_never_reaches_the_output_or_the_counts() -> None:
     assert frame.row(0, named=True)["gender"] == "female"
 
 
+def assert_each_row_gets_what_it_gets_alone(requests: list[Any]) -> Counter[str]:
+    """Flattens `requests` as one batch, checks each row and the counts against the request
+    flattened alone; returns the batch's counts."""
+    frame, counts = flatten_requests(requests_batch(requests))
+    alone = Counter[str]()
+    for index, request in enumerate(requests):
+        row, row_counts = one_row(request)
+        alone.update(row_counts)
+        # repr tells -0.0 from 0.0 and 1.0 from True
+        expected = repr([row[name] for name in METADATA_SCHEMA])
+        assert repr([frame.row(index, named=True)[name] for name in METADATA_SCHEMA]) == expected
+    assert counts == alone
+    return counts
+
+
 def test_each_row_gets_what_it_gets_alone_whatever_else_the_batch_holds() -> None:
     # Outcomes of repeated answers are reused within a batch: values Python finds equal
     # (1, 1.0, True; 0.0, -0.0; lists of such) must still be decided by their own rule.
@@ -493,15 +508,7 @@ def test_each_row_gets_what_it_gets_alone_whatever_else_the_batch_holds() -> Non
         }
         for value in values * 2
     ]
-    frame, counts = flatten_requests(requests_batch(requests))
-    alone = Counter[str]()
-    for index, request in enumerate(requests):
-        row, row_counts = one_row(request)
-        alone.update(row_counts)
-        # repr tells -0.0 from 0.0 and 1.0 from True
-        expected = repr([row[name] for name in METADATA_SCHEMA])
-        assert repr([frame.row(index, named=True)[name] for name in METADATA_SCHEMA]) == expected
-    assert counts == alone
+    assert_each_row_gets_what_it_gets_alone(requests)
 
 
 TRICKY_ANSWERS = [None, True, False, 0, 1, 2, -1, 0.0, -0.0, 1.0, 1.5, 1e2, 10**20, "1", "0"]
@@ -550,13 +557,6 @@ def test_random_batches_give_every_row_what_it_gets_alone() -> None:
     # tricky values and wrong-type containers must still give each row its own outcome.
     rng = random.Random(6)
     requests = [random_request(rng) for _ in range(300)]
-    frame, counts = flatten_requests(requests_batch(requests))
-    alone = Counter[str]()
-    for index, request in enumerate(requests):
-        row, row_counts = one_row(request)
-        alone.update(row_counts)
-        expected = repr([row[name] for name in METADATA_SCHEMA])
-        assert repr([frame.row(index, named=True)[name] for name in METADATA_SCHEMA]) == expected
-    assert counts == alone
+    counts = assert_each_row_gets_what_it_gets_alone(requests)
     assert any(key.endswith("_not_object") for key in counts)
     assert any(key.endswith("_invalid") for key in counts)
