@@ -11,10 +11,12 @@ the same dump this times, each in a fresh process:
   PostgreSQL server: fsync, synchronous commits and full-page writes off (the restore's best
   case), or with `--durable` PostgreSQL's defaults (what a user's own server does).
 Rounds interleave the three, so a load spike on a shared machine hits all of them; ratios
-are of the best rounds. Memory is the peak, sampled every 20 ms, of the summed PSS of the
-child and the worker processes it starts (PSS shares the pages of the libraries they all map
-between them, where RSS would count them once per process); Python, Arrow and polars
-together. Several dumps of different sizes show whether memory grows with the dump.
+are of the best rounds. CPU seconds (user + system) of each child include its worker
+processes: on two cores, wall time can fall no lower than about half of them. Memory is the
+peak, sampled every 20 ms, of the summed PSS of the child and the worker processes it starts
+(PSS shares the pages of the libraries they all map between them, where RSS would count them
+once per process); Python, Arrow and polars together. Several dumps of different sizes show
+whether memory grows with the dump.
 
     python bench/bench_parse.py DUMP [DUMP ...] [--rounds 3] [--no-restore]
 """
@@ -129,8 +131,9 @@ class PeakMemory(threading.Thread):
             self.peak = max(self.peak, tree_pss(self.pid))
 
 
-def run_child(mode: str, dump: Path) -> tuple[float, int, dict]:
-    """Wall seconds, peak memory in bytes and the report of one mode run in a fresh process."""
+def run_child(mode: str, dump: Path) -> tuple[float, float, int, dict]:
+    """Wall seconds, CPU seconds (user + system, the child with the worker processes it
+    waited for), peak memory in bytes and the report of one mode run in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="bench-parse-") as out:
         command = [sys.executable, __file__, "--child", mode, str(dump), out]
         started = time.perf_counter()
@@ -140,11 +143,12 @@ def run_child(mode: str, dump: Path) -> tuple[float, int, dict]:
         stdout = process.stdout.read()
         memory.stopped.set()
         memory.join()
-        _, status, _ = os.wait4(process.pid, 0)
+        _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{mode} of {dump} failed: {stdout[-2000:]}")
-        return seconds, memory.peak, json.loads(stdout.strip().splitlines()[-1])
+        cpu = usage.ru_utime + usage.ru_stime
+        return seconds, cpu, memory.peak, json.loads(stdout.strip().splitlines()[-1])
 
 
 def run_restore(server: PostgresServer, dump: Path, database: str) -> float:
@@ -164,6 +168,7 @@ def load_average() -> str:
 def bench_dump(server: PostgresServer | None, dump: Path, rounds: int) -> dict:
     """Interleaved rounds on one dump; the best of each and the ratios of the bests."""
     seconds: dict[str, list[float]] = {"restore": [], **{mode: [] for mode in CHILD_MODES}}
+    cpu: dict[str, list[float]] = {mode: [] for mode in CHILD_MODES}
     memory: dict[str, int] = dict.fromkeys(CHILD_MODES, 0)
     for round_ in range(rounds):
         # Rotate the order, so no one always runs first or after the same neighbour.
@@ -174,18 +179,20 @@ def bench_dump(server: PostgresServer | None, dump: Path, rounds: int) -> dict:
                     seconds[what].append(run_restore(server, dump, f"restore_{round_}"))
                     print(f"  round {round_}: restore {seconds[what][-1]:.1f} s")
                 continue
-            took, peak, report = run_child(what, dump)
+            took, used, peak, report = run_child(what, dump)
             seconds[what].append(took)
+            cpu[what].append(used)
             memory[what] = max(memory[what], peak)
             print(
-                f"  round {round_}: {what} {took:.1f} s, peak memory {peak / 2**20:.0f} MiB "
-                f"{report} load {load_average()}"
+                f"  round {round_}: {what} {took:.1f} s, cpu {used:.1f} s, peak memory "
+                f"{peak / 2**20:.0f} MiB {report} load {load_average()}"
             )
     result = {"dump": str(dump), "dump_mb": round(dump.stat().st_size / 1e6, 1)}
     for what, values in seconds.items():
         if values:
             result[f"{what}_best_s"] = round(min(values), 2)
             result[f"{what}_all_s"] = [round(value, 2) for value in values]
+    result |= {f"{mode}_cpu_all_s": [round(used, 2) for used in cpu[mode]] for mode in CHILD_MODES}
     result |= {f"{mode}_peak_mib": round(memory[mode] / 2**20) for mode in CHILD_MODES}
     if seconds["restore"]:
         for mode in CHILD_MODES:
