@@ -210,14 +210,15 @@ def _image_uuid(url: str) -> str | None:
     return stem if _UUID.fullmatch(stem) else None
 
 
-def _images(raw: object, counts: Counter[str]) -> list[dict[str, str]]:
-    """Rule 9: the usable images of one request, first occurrence of each uuid kept."""
+def _images(raw: object, counts: Counter[str]) -> list[tuple[str, str]]:
+    """Rule 9: the usable images of one request as (image_uuid, source_gcs_path), first
+    occurrence of each uuid kept."""
     if raw is None:
         return []
     if not isinstance(raw, list):
         counts["images_not_list"] += 1
         return []
-    images: list[dict[str, str]] = []
+    images: list[tuple[str, str]] = []
     seen: set[str] = set()
     for entry in raw:
         url = entry.get("url") if isinstance(entry, dict) else entry
@@ -232,7 +233,7 @@ def _images(raw: object, counts: Counter[str]) -> list[dict[str, str]]:
             counts["images_repeated"] += 1
         else:
             seen.add(uuid)
-            images.append({"image_uuid": uuid, "source_gcs_path": url})
+            images.append((uuid, url))
     return images
 
 
