@@ -150,6 +150,13 @@ def _layout() -> tuple[_Container, ...]:
 
 # Containers in the request JSON, parents before children.
 _CONTAINERS = _layout()
+
+
+def _children(parent: int) -> list[tuple[int, _Container]]:
+    """The containers directly inside container `parent` of `_CONTAINERS` (-1: the document)."""
+    return [(i, child) for i, child in enumerate(_CONTAINERS) if child.parent == parent]
+
+
 # A key the JSON lacks; an answer that is there is its JSON text, undecoded.
 _ABSENT = msgspec.Raw()
 # What a container may be instead of an object (rule 8).
@@ -168,16 +175,10 @@ def _struct_types() -> tuple[tuple[type, ...], type]:
             (field.key, msgspec.Raw, _ABSENT) for _, field in container.fields
         ]
         fields += [
-            (child.path[-1], structs[i] | _NOT_OBJECT, None)
-            for i, child in enumerate(_CONTAINERS)
-            if child.parent == index
+            (child.path[-1], structs[i] | _NOT_OBJECT, None) for i, child in _children(index)
         ]
         structs[index] = msgspec.defstruct("_".join(container.path), fields)
-    document = [
-        (child.path[-1], structs[i] | _NOT_OBJECT, None)
-        for i, child in enumerate(_CONTAINERS)
-        if child.parent == -1
-    ]
+    document = [(child.path[-1], structs[i] | _NOT_OBJECT, None) for i, child in _children(-1)]
     return tuple(structs), msgspec.defstruct("request", [*document, ("images", Any, None)])
 
 
@@ -249,9 +250,8 @@ def _as_struct(value: object, index: int) -> object:
         for _, field in (_CONTAINERS[index].fields if index >= 0 else ())
         if field.key in value
     }
-    for i, child in enumerate(_CONTAINERS):
-        if child.parent == index:
-            values[child.path[-1]] = _as_struct(value.get(child.path[-1]), i)
+    for i, child in _children(index):
+        values[child.path[-1]] = _as_struct(value.get(child.path[-1]), i)
     if index < 0:
         values["images"] = value.get("images")
     return struct(**values)
@@ -370,13 +370,14 @@ def flatten_requests(
     frame = source_frame(batch, REQUESTS_TABLE)
     counts: Counter[str] = Counter(requests=frame.height)
     # As bytes: msgspec reads UTF-8 directly, and Python strings are never built for it.
-    documents = [
-        _decode(text, counts) for text in frame.get_column("request").cast(pl.Binary).to_list()
-    ]
-    columns = _metadata_columns(documents, counts)
-    images = [
-        _images(document.images, counts) if document is not None else [] for document in documents
-    ]
+    texts = frame.get_column("request").cast(pl.Binary).to_list()
+    with _cyclic_gc_paused():
+        documents = [_decode(text, counts) for text in texts]
+        columns = _metadata_columns(documents, counts)
+        images = [
+            _images(document.images, counts) if document is not None else []
+            for document in documents
+        ]
     without_images = sum(not entries for entries in images)
     if without_images:
         counts["requests_without_images"] += without_images
